@@ -1,0 +1,5 @@
+"""The optimizer family: Nexus and its functional core (torch only)."""
+
+from nexus_optim.optim.nexus import Nexus
+
+__all__ = ["Nexus"]
