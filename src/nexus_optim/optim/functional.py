@@ -26,10 +26,11 @@ OUTER_GRADS = ("trajectory", "displacement")
 
 
 def tensor_norms(tensors: list[Tensor]) -> list[Tensor]:
-    """Per-tensor L2 norms, computed in fp32."""
+    """Per-tensor L2 norms, computed in fp32 (fp64 if any tensor is fp64)."""
     if not tensors:
         return []
-    return torch._foreach_norm(tensors, 2.0, dtype=torch.float32)
+    dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+    return torch._foreach_norm(tensors, 2.0, dtype=dtype)
 
 
 def global_norm(tensors: list[Tensor], norms: list[Tensor] | None = None) -> Tensor:
@@ -88,7 +89,7 @@ def normalized_directions(
 
 
 def accumulate_(accumulators: list[Tensor], grads: list[Tensor]) -> None:
-    """acc <- acc + g (fp32 accumulators, any grad dtype)."""
+    """acc <- acc + g (>= fp32 accumulators, any grad dtype)."""
     if accumulators:
         torch._foreach_add_(accumulators, grads)
 
@@ -107,26 +108,26 @@ def trajectory_gradient_(
 def displacement_gradient_(
     grads: list[Tensor], anchors: list[Tensor], params: list[Tensor], scale: float
 ) -> None:
-    """grad <- scale * (anchor - theta_K), computed in fp32."""
+    """grad <- scale * (anchor - theta_K), computed in the anchors' precision (>= fp32)."""
     if not grads:
         return
-    if all(g.dtype == torch.float32 for g in grads):
+    if all(g.dtype == a.dtype for g, a in zip(grads, anchors)):
         torch._foreach_copy_(grads, anchors)
         torch._foreach_sub_(grads, params)
         torch._foreach_mul_(grads, scale)
     else:
-        diff = torch._foreach_sub(anchors, [p.float() for p in params])
+        diff = torch._foreach_sub(anchors, [p.to(a.dtype) for p, a in zip(params, anchors)])
         torch._foreach_mul_(diff, scale)
         torch._foreach_copy_(grads, diff)
 
 
 def restore_(params: list[Tensor], anchors: list[Tensor]) -> None:
-    """theta <- anchor (exact: the anchor is an fp32 copy of theta_0)."""
+    """theta <- anchor (exact: the anchor is a >= fp32 copy of theta_0)."""
     if params:
         torch._foreach_copy_(params, anchors)
 
 
 def snapshot_(anchors: list[Tensor], params: list[Tensor]) -> None:
-    """anchor <- theta (fp32 copy)."""
+    """anchor <- theta (>= fp32 copy)."""
     if params:
         torch._foreach_copy_(anchors, params)

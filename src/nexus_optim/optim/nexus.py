@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from nexus_optim.optim import distributed as D
 from nexus_optim.optim import functional as F
 
 _NEXUS_KEYS = ("inner_lr",)
@@ -46,6 +47,11 @@ def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
 def _check_nonneg(name: str, value: Any) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
         raise ValueError(f"{name}: must be a number >= 0, got {value!r}")
+
+
+def _state_dtype(p: Tensor) -> torch.dtype:
+    """Anchor/accumulator dtype: fp32 for low-precision parameters, else the param's own."""
+    return p.dtype if p.dtype in (torch.float32, torch.float64) else torch.float32
 
 
 class Nexus(Optimizer):
@@ -69,6 +75,13 @@ class Nexus(Optimizer):
             outer schedule.
         seed: seed of the random directions (``inner_norm="random"``).
         inner_eps: eps in the normalization g / (||g|| + eps).
+        inner_sync: data parallel (docs/distributed.md): "sync" (micro-batch gradients
+            already averaged over ranks, by DDP or FSDP2) | "local" (per-rank inner
+            paths under ``DDP.no_sync()``; G averaged once per outer step) | None or
+            "none" | "auto" (default: "sync" if torch.distributed is initialized
+            with more than one rank, else "none").
+        bucket_cap_mb: bucket size of the "local" outer all-reduce (one per bucket).
+        process_group: process group of the "local" all-reduce (default: world).
         **outer_kwargs: passed to ``outer`` (betas, weight_decay, eps, ...).
 
     Attributes:
@@ -92,6 +105,9 @@ class Nexus(Optimizer):
         inner_lr_follows_lr: bool = False,
         seed: int = 0,
         inner_eps: float = 1e-12,
+        inner_sync: str | None = "auto",
+        bucket_cap_mb: float = D.DEFAULT_BUCKET_CAP_MB,
+        process_group: Any = None,
         **outer_kwargs: Any,
     ) -> None:
         _check_nonneg("lr", lr)
@@ -137,6 +153,8 @@ class Nexus(Optimizer):
         self.param_groups = self.outer.param_groups  # same list, same dicts
         for group in self.param_groups:
             self._init_group(group)
+        self._sync = D.OuterGradSync(inner_sync, self._all_params(), bucket_cap_mb, process_group)
+        self.inner_sync = self._sync.mode
 
     # ----------------------------------------------------------------- groups/state
     def _init_group(self, group: dict[str, Any]) -> None:
@@ -150,9 +168,10 @@ class Nexus(Optimizer):
         group.setdefault("initial_lr", group["lr"])
         for p in group["params"]:
             state = self.state[p]
-            state["anchor"] = p.detach().to(torch.float32, copy=True)
+            dtype = _state_dtype(p)
+            state["anchor"] = p.detach().to(dtype, copy=True)
             if self.outer_grad == "trajectory":
-                state["trajectory"] = torch.zeros_like(p, dtype=torch.float32)
+                state["trajectory"] = torch.zeros_like(p, dtype=dtype)
             if self.inner_norm == "random" and self._generator is None:
                 self._generator = torch.Generator(device=p.device)
                 self._generator.manual_seed(self.seed)
@@ -199,11 +218,10 @@ class Nexus(Optimizer):
         self._touched.update(id(p) for _, ps, _, _ in groups for p in ps)
         if self.inner_step == 0:
             params = self._all_params()
-            F.snapshot_(self._state_list(params, "anchor"), params)
+            F.snapshot_(D.to_local(self._state_list(params, "anchor")), D.to_local(params))
 
         all_grads = [g for _, _, gs, _ in groups for g in gs]
-        norms = F.tensor_norms(all_grads)
-        total = float(F.global_norm(all_grads, norms))
+        norms, total = D.grad_norms(all_grads)  # full-tensor norms also for DTensor shards
         last = self.inner_step == self.inner_steps - 1
         if not math.isfinite(total):
             self._skip_nonfinite()
@@ -242,12 +260,13 @@ class Nexus(Optimizer):
                 offset += n
                 continue
             if self.inner_norm == "random":
-                dirs, factor = F.random_directions(ps, self._generator, self.inner_eps), 1.0
+                dirs, factor = D.random_directions(ps, self._generator, self.inner_eps), 1.0
             else:
                 dirs, factor = F.normalized_directions(
-                    gs, self.inner_norm, total, norms[offset : offset + n], self.inner_eps
+                    D.to_local(gs), self.inner_norm, total, norms[offset : offset + n],
+                    self.inner_eps,
                 )
-            F.inner_move_(ps, dirs, gamma * factor)
+            F.inner_move_(D.to_local(ps), dirs, gamma * factor)
             offset += n
 
     def _outer_step(self) -> None:
@@ -259,8 +278,8 @@ class Nexus(Optimizer):
         self.inner_step = 0
         self._touched = set()
         anchors = self._state_list(params, "anchor")
-        if count == 0:  # every micro-batch was non-finite: no outer step
-            F.restore_(params, anchors)
+        if count == 0 and not self._sync.local:  # all non-finite: no outer step
+            F.restore_(D.to_local(params), D.to_local(anchors))
             if self.outer_grad == "trajectory":
                 torch._foreach_zero_(self._state_list(params, "trajectory"))
             return
@@ -269,16 +288,25 @@ class Nexus(Optimizer):
                 p.grad = torch.zeros_like(p)
         if self.outer_grad == "trajectory":
             F.trajectory_gradient_(
-                [p.grad for p in params], self._state_list(params, "trajectory"), count
+                D.to_local([p.grad for p in params]),
+                D.to_local(self._state_list(params, "trajectory")),
+                max(count, 1),  # count 0 only in "local" mode: G = 0 from this rank
             )
         else:
             for group, ps in zip(self.param_groups, touched):
                 gamma = self._inner_lr(group)
                 scale = 1.0 / (gamma * self.inner_steps) if gamma > 0 else 0.0
                 F.displacement_gradient_(
-                    [p.grad for p in ps], self._state_list(ps, "anchor"), ps, scale
+                    D.to_local([p.grad for p in ps]),
+                    D.to_local(self._state_list(ps, "anchor")),
+                    D.to_local(ps),
+                    scale,
                 )
-        F.restore_(params, anchors)
+        F.restore_(D.to_local(params), D.to_local(anchors))
+        if self._sync.local:  # average G over ranks: one all-reduce per bucket
+            params = self._sync.average_outer_grads(self._all_params(), params, count > 0)
+            if not params:  # no rank had a finite micro-batch: no outer step anywhere
+                return
         if self.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=True)
         self.outer.step()
