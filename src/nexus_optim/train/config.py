@@ -1,0 +1,230 @@
+"""Run configuration: dataclasses, YAML files and ``--set key=value`` overrides.
+
+A config has five sections: ``data`` (``nexus_optim.data.config.DataConfig``),
+``model``, ``optim``, ``schedule`` and ``train``. Every key is documented in
+``configs/nano.yaml``. Errors are one line naming the key and the allowed values.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nexus_optim.data.config import DataConfig
+
+OPTIMIZERS = ("adamw", "nexus", "fish", "random-control")
+SCHEDULES = ("cosine", "wsd", "constant")
+SAMPLINGS = ("homogeneous", "mixed")
+DEVICES = ("auto", "cpu", "cuda")
+INNER_SYNCS = ("sync", "local")
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "nano"  # nano | micro | 130m | 350m | 1b | 3b
+    seq_len: int = 128
+    overrides: dict = field(default_factory=dict)  # LlamaConfig fields, e.g. {num_hidden_layers: 2}
+    compile: bool = False  # torch.compile the model
+    init_seed: int | None = None  # None: use train.seed
+
+
+@dataclass
+class OptimConfig:
+    name: str = "nexus"  # adamw | nexus | fish | random-control
+    lr: float = 3e-3  # outer (AdamW) learning rate; the Fish meta step for "fish"
+    weight_decay: float = 0.1
+    betas: list = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    max_grad_norm: float | None = 1.0  # clip of the (outer) gradient; null = no clipping
+    inner_steps: int = 4  # K micro-batches per outer step (AdamW: accumulation steps)
+    inner_lr: float = 0.05  # gamma (nexus, fish, random-control)
+    inner_norm: str = "global"  # nexus: global | per_tensor | none | random
+    outer_grad: str = "trajectory"  # nexus: trajectory | displacement
+    inner_lr_follows_lr: bool = False
+    no_decay_norms_and_biases: bool = True
+
+
+@dataclass
+class ScheduleConfig:
+    kind: str = "cosine"  # cosine | wsd | constant
+    warmup_steps: int = 10  # outer steps
+    min_lr_ratio: float = 0.1  # final lr / peak lr (cosine, wsd)
+    decay_fraction: float = 0.2  # wsd: fraction of steps in the final decay
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/nano"
+    seed: int = 0
+    steps: int = 100  # outer steps; tokens = steps * inner_steps * micro_batch_size * seq_len
+    micro_batch_size: int = 8
+    sampling: str = "homogeneous"  # homogeneous (one source per micro-batch) | mixed
+    shuffle_sources: bool = True  # homogeneous: each outer step visits sources in random order
+    eval_every: int = 25  # outer steps (0 = only at the end)
+    eval_tokens: int = 16384  # tokens per source per evaluation
+    eval_batch_size: int = 16
+    grad_sim_batches: int = 0  # >0: log the source gradient cosine matrix at each eval
+    ckpt_every: int = 50  # outer steps (0 = only at the end)
+    keep_checkpoints: int = 2
+    log_every: int = 5
+    device: str = "auto"  # auto | cpu | cuda
+    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    inner_sync: str = "sync"  # torchrun: sync (all-reduce every micro-batch) | local
+    progress: bool = True
+    export_hf: bool = True  # save_pretrained + tokenizer to out_dir/hf at the end
+    threads: int | None = None  # torch.set_num_threads on CPU
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def tokens_per_step(self) -> int:
+        return self.optim.inner_steps * self.train.micro_batch_size * self.model.seq_len
+
+
+_SECTIONS = {"model": ModelConfig, "optim": OptimConfig, "schedule": ScheduleConfig,
+             "train": TrainConfig}
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is not None:
+        return isinstance(value, origin)
+    return isinstance(value, annotation)
+
+
+def _section(cls: type, values: Any, where: str):
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values = dict(values)
+    for key, value in values.items():
+        if key not in names:
+            raise ValueError(f"{where}.{key}: unknown key; allowed keys: {', '.join(names)}")
+        if isinstance(value, str) and _type_ok(1.5, hints[key]):  # YAML reads 3e-3 as a str
+            try:
+                value = values[key] = float(value)
+            except ValueError:
+                pass
+        if not _type_ok(value, hints[key]):
+            tname = str(hints[key]).replace("typing.", "")
+            raise ValueError(f"{where}.{key}: expected {tname}, got {value!r}")
+    return cls(**values)
+
+
+def _choice(where: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"{where}: {value!r} is not one of " + ", ".join(map(repr, allowed)))
+
+
+def _positive(where: str, value: Any, zero_ok: bool = False) -> None:
+    if value < 0 or (value == 0 and not zero_ok):
+        raise ValueError(f"{where}: must be {'>= 0' if zero_ok else '> 0'}, got {value!r}")
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks; one-line ValueError naming the key."""
+    from nexus_optim.models.presets import PRESETS
+
+    _choice("model.preset", cfg.model.preset, tuple(PRESETS))
+    _positive("model.seq_len", cfg.model.seq_len)
+    o = cfg.optim
+    _choice("optim.name", o.name, OPTIMIZERS)
+    _choice("optim.inner_norm", o.inner_norm, ("global", "per_tensor", "none", "random"))
+    _choice("optim.outer_grad", o.outer_grad, ("trajectory", "displacement"))
+    _positive("optim.lr", o.lr, zero_ok=True)
+    _positive("optim.inner_lr", o.inner_lr, zero_ok=True)
+    _positive("optim.inner_steps", o.inner_steps)
+    _positive("optim.weight_decay", o.weight_decay, zero_ok=True)
+    if o.max_grad_norm is not None:
+        _positive("optim.max_grad_norm", o.max_grad_norm)
+    if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+        raise ValueError(f"optim.betas: expected two numbers in [0, 1), got {o.betas!r}")
+    s = cfg.schedule
+    _choice("schedule.kind", s.kind, SCHEDULES)
+    _positive("schedule.warmup_steps", s.warmup_steps, zero_ok=True)
+    if not 0 <= s.min_lr_ratio <= 1:
+        raise ValueError(f"schedule.min_lr_ratio: must be in [0, 1], got {s.min_lr_ratio!r}")
+    if not 0 < s.decay_fraction <= 1:
+        raise ValueError(f"schedule.decay_fraction: must be in (0, 1], got {s.decay_fraction!r}")
+    t = cfg.train
+    for key in ("steps", "micro_batch_size", "eval_tokens", "eval_batch_size", "log_every",
+                "keep_checkpoints"):
+        _positive(f"train.{key}", getattr(t, key))
+    for key in ("eval_every", "ckpt_every", "grad_sim_batches"):
+        _positive(f"train.{key}", getattr(t, key), zero_ok=True)
+    _choice("train.sampling", t.sampling, SAMPLINGS)
+    _choice("train.device", t.device, DEVICES)
+    _choice("train.inner_sync", t.inner_sync, INNER_SYNCS)
+
+
+def from_dict(d: dict | None) -> Config:
+    """Build and validate a Config from a plain nested dict."""
+    d = dict(d or {})
+    for key in d:
+        if key not in ("data", *_SECTIONS):
+            raise ValueError(f"{key}: unknown section; allowed: data, {', '.join(_SECTIONS)}")
+    kwargs = {name: _section(cls, d.get(name), name) for name, cls in _SECTIONS.items()}
+    cfg = Config(data=DataConfig.from_dict(d.get("data")), **kwargs)
+    validate(cfg)
+    return cfg
+
+
+def apply_overrides(d: dict, overrides: list[str]) -> dict:
+    """Apply ``section.key=value`` strings (value parsed as YAML) to a nested dict."""
+    d = copy.deepcopy(d)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected key=value, e.g. optim.lr=1e-3")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = d
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {key}: {part!r} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return d
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """YAML file (optional) + overrides -> validated Config."""
+    d: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(f"--config: no such file {str(p)!r}")
+        d = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(d, dict):
+            raise ValueError(f"--config: {str(p)!r} must hold a mapping of sections")
+    return from_dict(apply_overrides(d, overrides or []))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,48 @@
+"""Build the optimizer named in the config; all share the same outer hyperparameters.
+
+- ``adamw``: ``torch.optim.AdamW``; the loop accumulates K micro-batch gradients (loss/K).
+- ``nexus``: ``Nexus`` with every option from the config.
+- ``fish``: ``recipes.fish`` (raw inner SGD steps, displacement, outer SGD with
+  lr = optim.lr * inner_lr * K, i.e. theta += lr (theta_K - theta)).
+- ``random-control``: ``Nexus`` with ``inner_norm="random"`` (matched-magnitude control).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from nexus_optim.optim import Nexus, recipes
+from nexus_optim.train.config import OptimConfig
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, no_decay_norms_and_biases: bool):
+    """Two groups: matrices with weight decay; norms, biases (and 1-d params) without."""
+    seen, decay, no_decay = set(), [], []
+    for _, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (no_decay if no_decay_norms_and_biases and p.dim() < 2 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(cfg: OptimConfig, model: torch.nn.Module, seed: int = 0) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay, cfg.no_decay_norms_and_biases)
+    adam = dict(betas=tuple(cfg.betas), eps=cfg.eps)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, **adam)
+    common = dict(inner_steps=cfg.inner_steps, max_grad_norm=cfg.max_grad_norm,
+                  inner_lr_follows_lr=cfg.inner_lr_follows_lr, seed=seed)
+    if cfg.name == "nexus":
+        return Nexus(groups, lr=cfg.lr, inner_lr=cfg.inner_lr, inner_norm=cfg.inner_norm,
+                     outer_grad=cfg.outer_grad, **common, **adam)
+    if cfg.name == "random-control":
+        return recipes.random_control(groups, lr=cfg.lr, inner_lr=cfg.inner_lr, **common, **adam)
+    if cfg.name == "fish":
+        for g in groups:  # outer SGD: decoupled weight decay does not apply
+            g.pop("weight_decay")
+        return recipes.fish(groups, inner_lr=cfg.inner_lr, meta_lr=cfg.lr, **common)
+    raise ValueError(f"optim.name: {cfg.name!r} is not one of 'adamw', 'nexus', 'fish', 'random-control'")
