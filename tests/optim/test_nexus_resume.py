@@ -11,6 +11,7 @@ SCRIPT = textwrap.dedent(
     """
     import json, sys, torch
     from nexus_optim import Nexus
+    torch.set_num_threads(1)
 
     def run(mode, outer_grad, dtype, phase, path, n):
         dtype = getattr(torch, dtype)

@@ -133,7 +133,7 @@ def _section(cls: type, values: Any, where: str):
             except ValueError:
                 pass
         if not _type_ok(value, hints[key]):
-            tname = str(hints[key]).replace("typing.", "")
+            tname = getattr(hints[key], "__name__", None) or str(hints[key]).replace("typing.", "")
             raise ValueError(f"{where}.{key}: expected {tname}, got {value!r}")
     return cls(**values)
 

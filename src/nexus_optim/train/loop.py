@@ -126,8 +126,12 @@ class Trainer:
 
     def evaluate(self) -> dict:
         t = self.cfg.train
-        return evaluate_sources(self.model, self.prepared, self.cfg.model.seq_len,
-                                t.eval_batch_size, t.eval_tokens, self.device, t.bf16)
+        out = evaluate_sources(self.model, self.prepared, self.cfg.model.seq_len,
+                               t.eval_batch_size, t.eval_tokens, self.device, t.bf16)
+        if t.grad_sim_batches > 0:  # geom/cos/<a>/<b>, geom/grad_sim (eval/geometry_gradsim.py)
+            from nexus_optim.eval.geometry_gradsim import grad_sim_metrics
+            out.update(grad_sim_metrics(self.model, self.prepared, self.cfg))
+        return out
 
     # ---------------------------------------------------------------------- checkpoint
     def save(self) -> Path:
@@ -156,15 +160,18 @@ class Trainer:
         return out_dir
 
     # ----------------------------------------------------------------------------- run
-    def run(self) -> dict:
+    def run(self, until: int | None = None) -> dict:
+        """Train to ``train.steps`` (or stop early after outer step ``until``, as an
+        interruption would: no final export)."""
         from tqdm.auto import tqdm
 
         t = self.cfg.train
+        stop = t.steps if until is None else min(until, t.steps)
         bar = tqdm(total=t.steps, initial=self.step, disable=not t.progress, unit="step",
                    desc=f"{self.cfg.optim.name} seed {t.seed}", dynamic_ncols=True)
         last_eval: dict = {}
         window_start, window_tokens = time.perf_counter(), 0
-        while self.step < t.steps:
+        while self.step < stop:
             metrics = self.train_step()
             window_tokens += self.cfg.tokens_per_step()
             if not math.isfinite(metrics["train/loss"]):
@@ -190,7 +197,7 @@ class Trainer:
             bar.update(1)
         bar.close()
         self.logger.close()
-        if t.export_hf:
+        if t.export_hf and self.step == t.steps:
             self.export_hf()
         return {"step": self.step, "tokens": self.tokens, **last_eval}
 
