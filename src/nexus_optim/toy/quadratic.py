@@ -12,6 +12,9 @@ which is linear in Sigma.  With Sigma = (v/d) I, v = E||m - mu||^2 the variance 
     E[L_new(th*)] = slope * v,   slope = tr(Hbar (A^{-1} (sum_i H_i^2) A^{-1} + I)) / (2d),
 and for shared H_i = h I:  slope = h (1 + 1/N) / 2.  Zero variance -> zero new-task loss.
 Only the covariance of D enters, so the same line holds for non-Gaussian minima.
+The sources' own mean loss at th* is lower:  E[(1/N) sum_i L_i(th*)] = (1/N) [1/2 tr(A (C + Sigma))
+- sum_i tr(H_i A^{-1} H_i Sigma)]  (shared H = hI: h (1 - 1/N) v / 2), so the generalisation gap
+E[L_new] - E[mean_i L_i] (shared H = hI: h v / N) also grows linearly with the variance of the minima.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import numpy as np
 
 __all__ = [
     "summed_minimiser", "quad_loss", "expected_new_loss_at", "expected_new_loss",
-    "predicted_slope", "random_spd", "sample_minima", "monte_carlo_new_loss", "variance_sweep",
+    "expected_train_loss", "predicted_slope", "random_spd", "sample_minima", "monte_carlo_new_loss", "variance_sweep",
 ]
 
 
@@ -46,6 +49,15 @@ def expected_new_loss(hessians: np.ndarray, Sigma: np.ndarray, Hbar: np.ndarray)
     Ainv = np.linalg.inv(hessians.sum(0))
     C = Ainv @ np.einsum("nij,jk,nkl->il", hessians, Sigma, hessians) @ Ainv
     return float(0.5 * np.trace(Hbar @ (C + Sigma)))
+
+
+def expected_train_loss(hessians: np.ndarray, Sigma: np.ndarray) -> float:
+    """E[(1/N) sum_i L_i(th*)] (sources' own mean loss at the summed minimiser)."""
+    N = hessians.shape[0]
+    Ainv = np.linalg.inv(hessians.sum(0))
+    C = Ainv @ np.einsum("nij,jk,nkl->il", hessians, Sigma, hessians) @ Ainv
+    cross = np.einsum("nij,jk,nkl,li->", hessians, Ainv, hessians, Sigma)
+    return float((0.5 * np.trace(hessians.sum(0) @ (C + Sigma)) - cross) / N)
 
 
 def predicted_slope(hessians: np.ndarray, Hbar: np.ndarray) -> float:
@@ -76,8 +88,8 @@ def sample_minima(rng: np.random.Generator, shape, v: float, dist: str = "gaussi
 
 
 def monte_carlo_new_loss(rng, hessians, v, n_draws, dist="gaussian", new_hessian="fixed",
-                         Hbar=None, spd_range=(0.5, 2.0)) -> tuple[np.ndarray, np.ndarray]:
-    """Draw sources + new task n_draws times; return (L_new(th*) per draw, empirical minima variance per draw).
+                         Hbar=None, spd_range=(0.5, 2.0)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draw sources + new task n_draws times; return (L_new(th*), empirical minima variance, mean_i L_i(th*)).
 
     new_hessian: "fixed" uses Hbar for the new task, "random" draws H_new = random_spd (mean Hbar).
     Empirical variance = 1/(N-1) sum_i ||m_i - mean(m)||^2 (unbiased estimate of v).
@@ -91,8 +103,9 @@ def monte_carlo_new_loss(rng, hessians, v, n_draws, dist="gaussian", new_hessian
     else:
         H_new = np.eye(d) if Hbar is None else Hbar
     loss = quad_loss(theta, m_new, H_new)
-    emp_var = ((m - m.mean(1, keepdims=True)) ** 2).sum((1, 2)) / (N - 1)
-    return loss, emp_var
+    emp_var = ((m - m.mean(1, keepdims=True)) ** 2).sum((1, 2)) / max(N - 1, 1)
+    train = quad_loss(theta[:, None, :], m, hessians).mean(1)
+    return loss, emp_var, train
 
 
 SETTINGS = {
@@ -121,15 +134,17 @@ def variance_sweep(seed: int = 0, d: int = 8, n_sources: int = 6, v_grid=None, n
         else:
             Hs, Hbar = random_spd(rng, d, size=n_sources, lo=lo, hi=hi), 0.5 * (lo + hi) * np.eye(d)
         slope_pred = predicted_slope(Hs, Hbar)
-        means, ses, preds, corr = [], [], [], []
+        means, ses, preds, corr, train = [], [], [], [], []
         for v in v_grid:
-            loss, emp = monte_carlo_new_loss(rng, Hs, v, n_draws, dist, hnew, Hbar, (lo, hi))
+            loss, emp, tr = monte_carlo_new_loss(rng, Hs, v, n_draws, dist, hnew, Hbar, (lo, hi))
+            train.append(tr.mean())
             means.append(loss.mean())
             ses.append(loss.std(ddof=1) / np.sqrt(n_draws))
             preds.append(expected_new_loss(Hs, v / d * np.eye(d), Hbar))
             corr.append(float(np.corrcoef(loss, emp)[0, 1]) if v > 0 else float("nan"))
         means, ses, preds = map(np.asarray, (means, ses, preds))
         fit = stats.linregress(v_grid, means)
+        fit_train = stats.linregress(v_grid, np.asarray(train))
         ss_tot = ((means - means.mean()) ** 2).sum()
         with np.errstate(divide="ignore", invalid="ignore"):
             z = np.where(ses > 0, (means - preds) / ses, 0.0)
@@ -147,5 +162,8 @@ def variance_sweep(seed: int = 0, d: int = 8, n_sources: int = 6, v_grid=None, n
             "mc_se": ses.tolist(),
             "pred": preds.tolist(),
             "corr_loss_vs_empirical_var": corr,
+            "train_slope_pred": expected_train_loss(Hs, np.eye(d) / d),
+            "train_slope_fit": float(fit_train.slope),
+            "mc_train_mean": train,
         }
     return out

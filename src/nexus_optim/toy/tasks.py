@@ -23,7 +23,7 @@ class TaskConfig:
     d: int = 16               # input dimension
     r: int = 8                # teacher features
     n_sources: int = 4        # training sources = micro-batches per outer step (K)
-    n_per_source: int = 8     # samples per training source
+    n_per_source: int = 24    # samples per training source
     tau: float = 0.5          # task-specific head spread relative to the shared head
     n_test: int = 512         # fresh inputs for test losses
     n_new: int = 16           # held-out sources averaged over
@@ -31,8 +31,8 @@ class TaskConfig:
 
 @dataclass
 class ModelConfig:
-    hidden: int = 32
-    depth: int = 2            # hidden layers
+    hidden: int = 64
+    depth: int = 1            # hidden layers
     act: str = "tanh"         # "tanh" (MLP) or "linear" (deep linear net)
 
 
@@ -80,10 +80,10 @@ def forward(params, x: torch.Tensor, act: str = "tanh") -> torch.Tensor:
     """f(x) = w_out^T phi(... phi(W_1 x + b_1) ...) + b_out, phi = tanh or identity; returns (...,)."""
     h = x
     for W, b in zip(params[0:-2:2], params[1:-2:2]):
-        h = h @ W.T + b
+        h = h @ W.mT + b.unsqueeze(-2)
         if act == "tanh":
             h = torch.tanh(h)
-    return (h @ params[-2].T + params[-1])[..., 0]
+    return (h @ params[-2].mT + params[-1].unsqueeze(-2))[..., 0]
 
 
 def flatten(params) -> torch.Tensor:
@@ -91,8 +91,10 @@ def flatten(params) -> torch.Tensor:
 
 
 def unflatten(flat: torch.Tensor, shapes) -> list[torch.Tensor]:
+    """Inverse of flatten; a leading batch dim (B, P) gives batched tensors (B, *shape)."""
     sizes = [int(torch.Size(s).numel()) for s in shapes]
-    return [t.view(s) for t, s in zip(torch.split(flat, sizes), shapes)]
+    lead = tuple(flat.shape[:-1])
+    return [t.reshape(lead + tuple(s)) for t, s in zip(torch.split(flat, sizes, dim=-1), shapes)]
 
 
 def mse(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

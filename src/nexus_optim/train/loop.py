@@ -153,11 +153,13 @@ class Trainer:
         self.step, self.tokens = trainer_state["step"], trainer_state["tokens"]
 
     def export_hf(self, out_dir: str | Path | None = None) -> Path:
-        """``save_pretrained`` + tokenizer: loadable with ``AutoModelForCausalLM``."""
-        out_dir = Path(out_dir or self.out / "hf")
-        self.model.save_pretrained(out_dir, safe_serialization=True)
-        self.tokenizer.save_pretrained(out_dir)
-        return out_dir
+        """``save_pretrained`` + tokenizer (EOS-prefixing, as in training), loadable with
+        ``AutoModelForCausalLM`` / ``AutoTokenizer`` and ``lm_eval --model hf``."""
+        from nexus_optim.eval.export import export_hf
+
+        return export_hf(self.model, self.tokenizer, out_dir or self.out / "hf",
+                         max_length=self.cfg.model.seq_len,
+                         meta={**self.meta, "step": self.step, "tokens": self.tokens})
 
     # ----------------------------------------------------------------------------- run
     def run(self, until: int | None = None) -> dict:

@@ -1,0 +1,53 @@
+"""``nexus eval``: losses and downstream tasks of one checkpoint, as a JSON-able dict."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device: 'cuda' requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def evaluate_checkpoint(path: str | Path, losses: bool = True, tasks=(), limit: int | None = None,
+                        max_tokens: int | None = None, batch_size: int | None = None,
+                        device: str = "auto", seed: int = 0, progress: bool = True,
+                        log_samples: bool = False, options: dict | None = None) -> dict:
+    """Load a checkpoint (or a run dir's latest) and evaluate it.
+
+    ``losses``: `evaluate_losses` over every source's val split (``max_tokens`` per source,
+    default all). ``tasks``: names from `nexus_optim.eval.tasks.TASKS` (``limit`` items each).
+    """
+    from nexus_optim.eval.losses import evaluate_losses
+    from nexus_optim.eval.tasks import TaskContext, parse_tasks, run_tasks
+    from nexus_optim.train.artifacts import load_trained, resolve_checkpoint
+
+    tasks = parse_tasks(tasks) if tasks else []
+    dev = pick_device(device)
+    ckpt = resolve_checkpoint(path)
+    model, cfg, prepared, state = load_trained(ckpt, device=dev)
+    tokenizer = prepared.tokenizer()
+    bf16 = cfg.train.bf16
+    bs = batch_size or cfg.train.eval_batch_size
+    result: dict = {"checkpoint": str(ckpt.resolve()), "step": state.get("step"),
+                    "tokens": state.get("tokens"), "optimizer": cfg.optim.name, "seed": cfg.train.seed,
+                    "preset": cfg.model.preset, "seq_len": cfg.model.seq_len, "device": str(dev)}
+    t0 = time.time()
+    if losses:
+        result["losses"] = evaluate_losses(model, prepared, cfg.model.seq_len, bs, max_tokens, dev,
+                                           bf16, tokenizer=tokenizer, progress=progress)
+        result["losses"]["seconds"] = round(time.time() - t0, 2)
+    if tasks:
+        ctx = TaskContext(model=model, tokenizer=tokenizer, prepared=prepared,
+                          data_dir=cfg.data.data_dir, batch_size=bs, max_length=cfg.model.seq_len,
+                          seed=seed, bf16=bf16, progress=progress, log_samples=log_samples,
+                          options=options or {})
+        result["tasks"] = run_tasks(tasks, ctx, limit)
+    return result
