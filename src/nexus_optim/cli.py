@@ -4,6 +4,12 @@
     nexus train --config C [--set k=v ...] [--resume]
     nexus demo [--out runs/demo] [--steps N] [--seeds 0 1]
     nexus toy [--out DIR] [--seed S]
+    nexus geometry grad-sim CKPT [--batches N]      (writes RUN/geometry.json)
+    nexus geometry closeness CKPT [--steps N]       (writes RUN/geometry.json)
+    nexus compare RUN_DIR... --out DIR [--metric val/id] [--target-loss X]
+    nexus eval CKPT [--out F.json] [--max-tokens N] [--tasks gsm,arith,mc,code --limit N]
+    nexus eval [CKPT] --write-lm-eval-data DIR    (jsonl + task YAMLs for lm_eval --include_path)
+    nexus export CKPT OUT                         (HF model dir for lm_eval --model hf)
 """
 
 from __future__ import annotations
@@ -56,6 +62,109 @@ def cmd_toy(args) -> int:
     return 0
 
 
+def cmd_geometry(args) -> int:
+    from nexus_optim.eval.geometry import save_geometry
+
+    if args.geometry_command == "grad-sim":
+        from nexus_optim.eval.geometry_gradsim import grad_sim_from_checkpoint
+
+        key = "grad_sim"
+        result = grad_sim_from_checkpoint(args.ckpt, batches=args.batches, batch_size=args.batch_size,
+                                          seed=args.seed, device=args.device)
+    else:
+        from nexus_optim.eval.geometry_closeness import closeness_from_checkpoint
+
+        key = "closeness"
+        result = closeness_from_checkpoint(args.ckpt, steps=args.steps, seed=args.seed, lr=args.lr,
+                                           points=args.points, eval_tokens=args.eval_tokens,
+                                           device=args.device)
+    if not args.no_save:
+        path = save_geometry(args.out or args.ckpt, key, result)
+        print(f"wrote {path} [{key}]", file=sys.stderr)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from nexus_optim.report import compare_runs
+
+    report = compare_runs(args.runs, args.out, metric=args.metric, target_loss=args.target_loss,
+                          baseline=args.baseline)
+    print(f"wrote {os.path.join(args.out, 'report.md')}, report.json and "
+          f"{len(report['plots'])} plot(s)", file=sys.stderr)
+    return 0
+
+
+
+def _task_options(items: list[str]) -> dict:
+    import yaml
+
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        task, dot, name = key.partition(".")
+        if not sep or not dot or not task or not name:
+            raise ValueError(f"--task-option {item!r}: expected TASK.KEY=VALUE, e.g. gsm.fewshot=3")
+        out.setdefault(task, {})[name] = yaml.safe_load(value)
+    return out
+
+
+def cmd_eval(args) -> int:
+    options = _task_options(args.task_option)
+    if args.write_lm_eval_data:
+        from nexus_optim.eval.lm_eval_data import write_lm_eval_data
+
+        prepared = tokenizer = max_length = None
+        if args.ckpt:
+            from nexus_optim.train.artifacts import load_trained
+
+            _, cfg, prepared, _ = load_trained(args.ckpt)
+            tokenizer, max_length = prepared.tokenizer(), cfg.model.seq_len
+        default = "arith,gsm,mc" if args.ckpt else "arith,gsm"  # mc is built from a run's data
+        tasks = [t.strip() for t in (args.tasks or default).split(",") if t.strip()]
+        done = write_lm_eval_data(args.write_lm_eval_data, tasks, limit=args.limit or 200,
+                                  seed=args.seed, prepared=prepared, tokenizer=tokenizer,
+                                  max_length=max_length, options=options)
+        print(json.dumps(done, indent=2))
+        return 1 if any("error" in d for d in done.values()) else 0
+    if not args.ckpt:
+        raise ValueError("a checkpoint or run directory is required (unless --write-lm-eval-data)")
+    from nexus_optim.eval.run import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.ckpt, losses=not args.no_losses, tasks=args.tasks or (),
+                                 limit=args.limit, max_tokens=args.max_tokens,
+                                 batch_size=args.batch_size, device=args.device, seed=args.seed,
+                                 progress=not args.no_progress, log_samples=args.log_samples,
+                                 options=options)
+    text = json.dumps(result, indent=1, default=str)
+    if args.out:
+        from pathlib import Path
+
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+        tmp.write_text(text + "\n")
+        os.replace(tmp, out)
+        print(f"wrote {out}", file=sys.stderr)
+    brief = {k: v for k, v in result.items() if k not in ("losses", "tasks")}
+    if "losses" in result:
+        brief["losses"] = result["losses"]["summary"]
+    if "tasks" in result:
+        brief["tasks"] = {t: {k: v for k, v in r.items() if k not in ("samples", "traceback")}
+                          for t, r in result["tasks"].items()}
+    print(json.dumps(brief, indent=1, default=str))
+    return 1 if any("error" in r for r in result.get("tasks", {}).values()) else 0
+
+
+def cmd_export(args) -> int:
+    from nexus_optim.eval.export import export_checkpoint
+
+    out = export_checkpoint(args.ckpt, args.out)
+    print(f"wrote {out} (load with AutoModelForCausalLM / lm_eval --model hf "
+          f"--model_args pretrained={out})", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nexus", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -84,6 +193,57 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--seed", type=int, default=0)
     toy.add_argument("--quick", action="store_true")
     toy.set_defaults(func=cmd_toy)
+
+    geo = sub.add_parser("geometry", help="gradient similarity / minima closeness at a checkpoint")
+    geo_sub = geo.add_subparsers(dest="geometry_command", required=True)
+    gs = geo_sub.add_parser("grad-sim", help="cosine matrix of per-source gradients")
+    gs.add_argument("--batches", type=int, default=8, help="batches per source (default 8)")
+    gs.add_argument("--batch-size", type=int, default=None, help="default: train.micro_batch_size")
+    cl = geo_sub.add_parser("closeness", help="fine-tune on each source alone; spread of the minima")
+    cl.add_argument("--steps", type=int, default=20, help="outer fine-tuning steps per source")
+    cl.add_argument("--lr", type=float, default=None, help="fine-tuning lr (default: optim.lr)")
+    cl.add_argument("--points", type=int, default=5, help="interpolation points incl. both ends")
+    cl.add_argument("--eval-tokens", type=int, default=None, help="default: train.eval_tokens")
+    for g in (gs, cl):
+        g.add_argument("ckpt", help="checkpoint dir or run dir (latest checkpoint)")
+        g.add_argument("--seed", type=int, default=0)
+        g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        g.add_argument("--out", default=None, help="geometry JSON file to update (default: RUN/geometry.json)")
+        g.add_argument("--no-save", action="store_true", help="only print the JSON")
+        g.set_defaults(func=cmd_geometry)
+
+    cmp_ = sub.add_parser("compare", help="compare runs at matched loss: report.md/json + plots")
+    cmp_.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    cmp_.add_argument("--out", required=True, help="output directory")
+    cmp_.add_argument("--metric", default="val/id", help="metric to match (default val/id)")
+    cmp_.add_argument("--target-loss", type=float, default=None,
+                      help="matched loss (default: the largest final metric over runs)")
+    cmp_.add_argument("--baseline", default=None, help="group label to compare against (default: AdamW)")
+    cmp_.set_defaults(func=cmd_compare)
+
+    ev = sub.add_parser("eval", help="val losses (nats/token, bits/byte) and offline downstream tasks")
+    ev.add_argument("ckpt", nargs="?", default=None, help="checkpoint dir or run dir (latest checkpoint)")
+    ev.add_argument("--out", default=None, help="write the full results JSON here")
+    ev.add_argument("--max-tokens", type=int, default=None, help="val tokens per source (default: all)")
+    ev.add_argument("--batch-size", type=int, default=None, help="default: train.eval_batch_size")
+    ev.add_argument("--tasks", default=None, help="comma list of gsm,arith,mc,code (or all)")
+    ev.add_argument("--limit", type=int, default=None,
+                    help="items per task (mc: per source; default 200 / 100 / all code problems)")
+    ev.add_argument("--no-losses", action="store_true", help="skip the val losses")
+    ev.add_argument("--task-option", action="append", default=[], metavar="TASK.KEY=VALUE",
+                    help="e.g. gsm.fewshot=3, arith.digits=3, mc.n_choices=5, code.timeout=10")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the task items")
+    ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ev.add_argument("--log-samples", action="store_true", help="per-item records in the JSON")
+    ev.add_argument("--no-progress", action="store_true")
+    ev.add_argument("--write-lm-eval-data", default=None, metavar="DIR",
+                    help="only write lm-eval data + YAMLs for --tasks (default arith,gsm,mc) to DIR")
+    ev.set_defaults(func=cmd_eval)
+
+    ex = sub.add_parser("export", help="checkpoint -> Hugging Face model directory")
+    ex.add_argument("ckpt", help="checkpoint dir or run dir (latest checkpoint)")
+    ex.add_argument("out", help="output directory")
+    ex.set_defaults(func=cmd_export)
     return parser
 
 

@@ -1,0 +1,147 @@
+"""PNG plots of a comparison (matplotlib, Agg backend).
+
+    loss_curves.png   every val/* loss vs tokens, one panel per source; a color per group
+    ood_vs_id.png     val/ood against val/id along training; markers at the matched point
+    grad_sim.png      geom/grad_sim vs tokens (when logged during training)
+    closeness.png     closeness variance and mean distance from start per group (geometry.json)
+    downstream.png    downstream scores per group (downstream.json)
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _colors(labels):
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
+               "#7f7f7f", "#bcbd22", "#17becf"]
+    return {l: palette[i % len(palette)] for i, l in enumerate(labels)}
+
+
+def _series(run, key):
+    pts = [(r["tokens"], r[key]) for r in run.curve if isinstance(r.get(key), (int, float))]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _bars(plt, groups, report, keys, titles, path):
+    colors = _colors(list(groups))
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False)
+    for ax, key, title in zip(axes[0], keys, titles):
+        summ = report["extra"]["summary"].get(key, {})
+        labels = [l for l in groups if summ.get(l, {}).get("n")]
+        means = [summ[l]["mean"] for l in labels]
+        errs = [summ[l]["std"] or 0.0 for l in labels]
+        ax.bar(range(len(labels)), means, yerr=errs, capsize=4, color=[colors[l] for l in labels])
+        for i, l in enumerate(labels):
+            ax.scatter([i] * len(summ[l]["values"]), summ[l]["values"], color="k", s=10, zorder=3)
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=7)
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def make_plots(groups: dict, report: dict, out: Path) -> list[str]:
+    """Write the plots that the data allows; returns their file names."""
+    plt = _plt()
+    out = Path(out)
+    colors = _colors(list(groups))
+    runs = [r for rs in groups.values() for r in rs]
+    written: list[str] = []
+    target = report["target"]["value"]
+    metric = report["metric"]
+    matched = {r["dir"]: r["matched"] for r in report["runs"]}
+
+    # loss curves
+    keys = sorted({k for r in runs for x in r.curve for k in x if k.startswith("val/")},
+                  key=lambda k: (k != "val/id", k != "val/ood", k))
+    if keys:
+        ncol = min(3, len(keys))
+        nrow = math.ceil(len(keys) / ncol)
+        fig, axes = plt.subplots(nrow, ncol, figsize=(4.3 * ncol, 3.3 * nrow), squeeze=False)
+        for ax, key in zip(axes.flat, keys):
+            for label, rs in groups.items():
+                for j, r in enumerate(rs):
+                    x, y = _series(r, key)
+                    ax.plot(x, y, color=colors[label], alpha=0.8, lw=1.2,
+                            label=label if j == 0 else None)
+            if key == metric:
+                ax.axhline(target, color="k", ls="--", lw=0.8, label="matched loss")
+            ax.set_title(key, fontsize=9)
+            ax.set_xlabel("tokens", fontsize=8)
+            ax.tick_params(labelsize=7)
+        for ax in list(axes.flat)[len(keys):]:
+            ax.axis("off")
+        axes.flat[0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "loss_curves.png", dpi=110)
+        plt.close(fig)
+        written.append("loss_curves.png")
+
+    # OOD vs in-distribution
+    if any(_series(r, "val/ood")[0] for r in runs) and any(_series(r, metric)[0] for r in runs):
+        fig, ax = plt.subplots(figsize=(5.2, 4.2))
+        for label, rs in groups.items():
+            for j, r in enumerate(rs):
+                pts = [(x[metric], x["val/ood"]) for x in r.curve
+                       if isinstance(x.get(metric), (int, float))
+                       and isinstance(x.get("val/ood"), (int, float))]
+                if pts:
+                    ax.plot(*zip(*pts), "-", color=colors[label], alpha=0.8, lw=1.2,
+                            label=label if j == 0 else None)
+                m = matched.get(str(r.path))
+                if m and "val/ood" in m:
+                    ax.plot([m[metric]], [m["val/ood"]], "o", color=colors[label], ms=5)
+        ax.axvline(target, color="k", ls="--", lw=0.8)
+        ax.invert_xaxis()
+        ax.set_xlabel(f"{metric} (training goes right)", fontsize=8)
+        ax.set_ylabel("val/ood", fontsize=8)
+        ax.set_title("OOD loss vs in-distribution loss (dots: matched loss)", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "ood_vs_id.png", dpi=110)
+        plt.close(fig)
+        written.append("ood_vs_id.png")
+
+    # grad-sim over training
+    if any(_series(r, "geom/grad_sim")[0] for r in runs):
+        fig, ax = plt.subplots(figsize=(5.2, 3.6))
+        for label, rs in groups.items():
+            for j, r in enumerate(rs):
+                x, y = _series(r, "geom/grad_sim")
+                if x:
+                    ax.plot(x, y, "-o", ms=3, color=colors[label], alpha=0.8,
+                            label=label if j == 0 else None)
+        ax.axhline(0.0, color="k", lw=0.5)
+        ax.set_xlabel("tokens", fontsize=8)
+        ax.set_ylabel("mean off-diagonal cosine", fontsize=8)
+        ax.set_title("source gradient similarity (geom/grad_sim)", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "grad_sim.png", dpi=110)
+        plt.close(fig)
+        written.append("grad_sim.png")
+
+    summ = report["extra"]["summary"]
+    if summ.get("closeness/variance"):
+        keys = [k for k in ("closeness/variance", "closeness/mean_distance_from_start",
+                            "closeness/cross_loss_gap") if k in summ]
+        _bars(plt, groups, report, keys, [k.split("/", 1)[1] for k in keys], out / "closeness.png")
+        written.append("closeness.png")
+    down = [k for k in summ if k.startswith("downstream/")]
+    if down:
+        _bars(plt, groups, report, down[:6], [k.split("/", 1)[1] for k in down[:6]],
+              out / "downstream.png")
+        written.append("downstream.png")
+    return written

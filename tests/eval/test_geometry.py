@@ -1,0 +1,178 @@
+"""Geometry diagnostics: grad-sim and closeness known answers, training-loop logging, CLI."""
+
+from __future__ import annotations
+
+import json
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from nexus_optim.eval.geometry_closeness import closeness, flat_params
+from nexus_optim.eval.geometry_gradsim import grad_sim_metrics, grad_similarity
+from nexus_optim.models.presets import build_model
+from nexus_optim.train.config import from_dict
+
+TINY = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "num_key_value_heads": 2, "intermediate_size": 32}
+VOCAB, SEQ = 40, 16
+
+
+def tiny_model(seed: int = 0):
+    return build_model("nano", vocab_size=VOCAB, max_seq_len=SEQ, seed=seed, **TINY)
+
+
+def tokens(seed: int, n: int = 600, period: int | None = None) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if period:  # a strongly patterned source
+        return (np.arange(n) % period + rng.integers(0, 2, n)).astype(np.uint16)
+    return rng.integers(0, VOCAB, n).astype(np.uint16)
+
+
+def tiny_cfg(name: str = "adamw", **optim):
+    return from_dict({
+        "model": {"preset": "nano", "seq_len": SEQ, "overrides": TINY},
+        "optim": {"name": name, "inner_steps": 2, "lr": 1e-2, **optim},
+        "train": {"micro_batch_size": 2, "eval_tokens": 64, "eval_batch_size": 4, "bf16": False},
+    })
+
+
+# --------------------------------------------------------------------------- grad-sim
+def test_grad_sim_identical_sources_cosine_one():
+    model = tiny_model()
+    a = tokens(1)
+    data = {"a": a, "b": a.copy(), "c": tokens(2, period=7)}
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    r = grad_similarity(model, data, SEQ, batch_size=2, n_batches=3, seed=0, bf16=False)
+    after = torch.rand(3)
+    assert torch.equal(before, after), "grad-sim must not consume the global RNG"
+    assert all(p.grad is None for p in model.parameters()), "model .grad must be untouched"
+    cos = np.array(r["cos_mean_grad"])
+    assert r["sources"] == ["a", "b", "c"]
+    assert np.allclose(np.diag(cos), 1.0)
+    assert cos[0, 1] == pytest.approx(1.0, abs=1e-5)  # a source with itself
+    assert np.allclose(cos, cos.T)
+    assert np.all(np.abs(cos) <= 1 + 1e-6)
+    bm, bs = np.array(r["cos_batch_mean"]), np.array(r["cos_batch_std"])
+    assert np.allclose(bm, bm.T) and np.all(bs >= 0)
+    assert r["n_pairs"][0][0] == 3 and r["n_pairs"][0][1] == 9
+    # identical sources: every pair (i, j) of a x b equals a pair of a x a, or is 1 (i == j)
+    assert bm[0, 1] == pytest.approx((3 * 1.0 + 6 * bm[0, 0]) / 9, abs=1e-5)
+    off = [cos[i, j] for i in range(3) for j in range(3) if i != j]
+    assert r["grad_sim"] == pytest.approx(np.mean(off))
+    assert r["grad_sim"] < 1.0
+
+
+def test_grad_sim_metrics_keys():
+    cfg = tiny_cfg()
+    cfg.train.grad_sim_batches = 2
+    data = {"x": tokens(3), "y": tokens(4, period=5), "z": tokens(5)}
+    prepared = types.SimpleNamespace(roles={"x": "train", "y": "train", "z": "ood"},
+                                     weights={"x": 1.0, "y": 1.0, "z": 0.0},
+                                     load=lambda s, split: data[s])
+    m = grad_sim_metrics(tiny_model(), prepared, cfg)
+    assert set(m) == {"geom/cos/x/y", "geom/grad_sim", "geom/grad_sim_batch"}
+    assert m["geom/grad_sim"] == pytest.approx(m["geom/cos/x/y"])
+
+
+# --------------------------------------------------------------------------- closeness
+@pytest.mark.parametrize("name", ["adamw", "nexus"])
+def test_closeness_identical_sources_is_zero(name):
+    model = tiny_model()
+    start = flat_params(model).clone()
+    a, v = tokens(1, period=7), tokens(11, 200, period=7)
+    cfg = tiny_cfg(name)
+    r = closeness(model, cfg, {"a": a, "b": a.copy()}, {"a": v, "b": v.copy(), "o": tokens(12, 200)},
+                  steps=2, seed=0, points=3)
+    assert torch.equal(flat_params(model), start), "the start model must be left unchanged"
+    assert r["distance_from_start"]["a"] > 0
+    assert r["distance_from_start"]["a"] == pytest.approx(r["distance_from_start"]["b"])
+    assert r["pairwise_distance"][0][1] == pytest.approx(0.0, abs=1e-6)
+    assert r["variance"] == pytest.approx(0.0, abs=1e-10)
+    assert r["displacement_cos"][0][1] == pytest.approx(1.0, abs=1e-6)
+    cl = np.array(r["cross_loss"])  # rows a, b; columns a, b, o
+    assert r["eval_sources"] == ["a", "b", "o"]
+    assert np.allclose(cl[:, :2], cl[:, :2].T)
+    assert r["cross_loss_gap"] == pytest.approx(0.0, abs=1e-6)
+    # fine-tuning lowered the source's own loss
+    assert cl[0, 0] < r["start_loss"]["a"]
+    it = r["interpolation"]
+    assert it["alphas"] == [0.0, 0.5, 1.0]
+    assert it["loss"]["a"]["a"][0] == r["start_loss"]["a"]
+    assert it["loss"]["a"]["o"][-1] == cl[0, 2]
+    assert it["barrier"]["a"] >= 0
+    json.dumps(r)
+
+
+def test_closeness_different_sources_variance_identity():
+    model = tiny_model()
+    data = {"a": tokens(1), "b": tokens(2, period=5), "c": tokens(3, period=9)}
+    r = closeness(model, tiny_cfg(), data, {k: v[:200] for k, v in data.items()}, steps=2, points=2)
+    d = np.array(r["pairwise_distance"])
+    assert np.allclose(d, d.T) and np.all(d[~np.eye(3, dtype=bool)] > 0)
+    # Theorem 2.2 variance = mean squared distance to the centroid = sum_ab d_ab^2 / (2 S^2)
+    assert r["variance"] == pytest.approx((d ** 2).sum() / (2 * 9), rel=1e-6)
+    assert r["variance"] == pytest.approx(np.mean(np.square(list(r["centroid_distance"].values()))))
+
+
+# --------------------------------------------------------------------------- real tiny run
+def _train(tiny_data, out, **train):
+    from nexus_optim.train.loop import train as run_train
+
+    cfg = from_dict({
+        "data": dict(tiny_data),
+        "model": {"preset": "nano", "seq_len": 32,
+                  "overrides": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                                "num_key_value_heads": 2, "intermediate_size": 64}},
+        "optim": {"name": "nexus", "inner_steps": 2, "lr": 1e-2},
+        "schedule": {"warmup_steps": 1},
+        "train": {"out_dir": str(out), "steps": 4, "micro_batch_size": 4, "eval_every": 2,
+                  "ckpt_every": 4, "eval_tokens": 256, "log_every": 1, "progress": False,
+                  "export_hf": False, **train},
+    })
+    run_train(cfg)
+    return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def grad_sim_run(tiny_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("geom_runs")
+    plain = _train(tiny_data, root / "plain")
+    logged = _train(tiny_data, root / "logged", grad_sim_batches=2)
+    return root / "logged", plain, logged
+
+
+def test_training_logs_grad_sim_without_changing_training(grad_sim_run):
+    _, plain, logged = grad_sim_run
+    evals = [r for r in logged if "val/id" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    for r in evals:
+        assert {"geom/cos/prose/math", "geom/grad_sim", "geom/grad_sim_batch"} <= set(r)
+        assert -1 <= r["geom/grad_sim"] <= 1
+    def strip(recs):
+        return [{k: v for k, v in r.items() if k != "tokens_per_s" and not k.startswith("geom/")}
+                for r in recs]
+
+    assert strip(plain) == strip(logged)
+
+
+def test_cli_geometry_writes_geometry_json(grad_sim_run, capsys):
+    from nexus_optim.cli import main
+
+    run = grad_sim_run[0]
+    assert main(["geometry", "grad-sim", str(run / "checkpoints" / "step_000004"),
+                 "--batches", "2", "--device", "cpu"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["step"] == 4 and out["sources"] == ["prose", "math"]
+    assert main(["geometry", "closeness", str(run), "--steps", "1", "--points", "2",
+                 "--eval-tokens", "64", "--device", "cpu"]) == 0
+    geo = json.loads((run / "geometry.json").read_text())
+    assert set(geo) == {"grad_sim", "closeness"}
+    assert geo["grad_sim"]["cos_mean_grad"][0][0] == 1.0
+    c = geo["closeness"]
+    assert c["eval_sources"] == ["prose", "math", "code"] and c["steps"] == 1
+    assert len(c["cross_loss"]) == 2 and len(c["cross_loss"][0]) == 3
+    assert c["variance"] > 0
