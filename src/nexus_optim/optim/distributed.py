@@ -13,8 +13,9 @@ DDP, FSDP2 ``fully_shard``); nothing here talks to the network on its own.
     "local"  every rank runs its own inner path with no communication
              (``DDP.no_sync()`` on every backward); at the K-th ``step()`` Nexus
              averages the outer gradient G over the ranks, flattened into fp32
-             buckets of ``bucket_cap_mb`` (one ``all_reduce`` per bucket). Replicas are
-             identical after every outer step. Replicated parameters only (DDP).
+             (fp64 for fp64 parameters) buckets of ``bucket_cap_mb``, one
+             ``all_reduce`` per bucket. Replicas are identical after every outer
+             step. Replicated parameters only (DDP).
     "none"   no distributed training (also ``None``).
     "auto"   "sync" when a torch.distributed process group with more than one rank
              is initialized, else "none".
@@ -325,6 +326,23 @@ def backward_context(
     return contextlib.nullcontext()
 
 
+def ddp_kwargs(inner_sync: str | None) -> dict[str, Any]:
+    """Extra ``DistributedDataParallel`` arguments for a mode: for "local", no buffer
+    broadcast on every forward (``forward_sync_buffers=False``, or
+    ``broadcast_buffers=False`` before torch 2.13); DDP's constructor still makes all
+    ranks start from rank 0's weights and buffers. Keep the default (pass nothing)
+    for models whose buffers change in forward (BatchNorm running stats)."""
+    if inner_sync != "local":
+        return {}
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
+
+
 @contextlib.contextmanager
 def _fsdp_no_sync(model: Any):
     model.set_requires_gradient_sync(False)
@@ -336,18 +354,18 @@ def _fsdp_no_sync(model: Any):
 
 @torch.no_grad()
 def max_replica_difference(tensors: Iterable[Tensor], group: Any = None) -> float:
-    """max |t - t on rank 0| over the tensors and ranks (a check, not a hot path:
-    one broadcast per tensor and one all-reduce). 0.0 without torch.distributed."""
+    """max |t - (t on the group's first rank)| over the tensors and ranks: a check for
+    tests and debugging (two collectives: a broadcast of all tensors flattened in
+    fp64, and a max all-reduce). 0.0 without torch.distributed."""
     if not is_distributed():
         return 0.0
-    worst = torch.zeros((), dtype=torch.float64)
-    for t in tensors:
-        t = t.detach()
-        ref = t.clone()
-        src = dist.get_global_rank(group, 0) if group is not None else 0
-        dist.broadcast(ref, src=src, group=group)
-        worst = torch.maximum(worst, (t.double() - ref.double()).abs().max().cpu())
-    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else "cpu"
-    worst = worst.to(dev)
+    flat = [t.detach().reshape(-1).to(torch.float64) for t in tensors]
+    if not flat:
+        return 0.0
+    mine = torch.cat([f.to(flat[0].device) for f in flat])
+    ref = mine.clone()
+    src = dist.get_global_rank(group, 0) if group is not None else 0
+    dist.broadcast(ref, src=src, group=group)
+    worst = (mine - ref).abs().max() if mine.numel() else torch.zeros((), dtype=torch.float64)
     dist.all_reduce(worst, op=dist.ReduceOp.MAX, group=group)
     return float(worst)
