@@ -1,9 +1,10 @@
 """``nexus`` command line: thin wrappers over the library.
 
     nexus data prepare [--config C] [--set k=v ...]
-    nexus train --config C [--set k=v ...] [--resume]
+    nexus train [--config C] [--set k=v ...] [--resume]
     nexus demo [--out runs/demo] [--steps N] [--seeds 0 1]
     nexus toy [--out DIR] [--seed S]
+    nexus study [--out runs/study] [--workers N] [--steps S]
     nexus geometry grad-sim CKPT [--batches N]      (writes RUN/geometry.json)
     nexus geometry closeness CKPT [--steps N]       (writes RUN/geometry.json)
     nexus compare RUN_DIR... --out DIR [--metric val/id] [--target-loss X]
@@ -47,10 +48,19 @@ def cmd_train(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from nexus_optim.train.demo import run_demo
+    from nexus_optim.demo import run_demo
 
     run_demo(args.out, steps=args.steps, seeds=args.seeds, config=args.config,
              overrides=args.overrides)
+    return 0
+
+
+def cmd_study(args) -> int:
+    from nexus_optim.study import run_study
+
+    run_study(args.out, preset=args.preset, steps=args.steps, sweep_seeds=args.sweep_seeds,
+              final_seeds=args.final_seeds, workers=args.workers, config=args.config,
+              overrides=args.overrides, eval_limit=args.eval_limit)
     return 0
 
 
@@ -177,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep.set_defaults(func=cmd_data)
 
     tr = sub.add_parser("train", help="train one run")
-    _config_args(tr, required=True)
+    _config_args(tr)
     tr.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     tr.set_defaults(func=cmd_train)
 
@@ -187,6 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     _config_args(demo)
     demo.set_defaults(func=cmd_demo)
+
+    st = sub.add_parser("study", help="AdamW vs Nexus study: sweep, then final seeds, report")
+    st.add_argument("--out", default="runs/study")
+    st.add_argument("--preset", default="nano")
+    st.add_argument("--steps", type=int, default=100, help="outer steps per run")
+    st.add_argument("--sweep-seeds", type=int, nargs="+", default=[100])
+    st.add_argument("--final-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    st.add_argument("--workers", type=int, default=2, help="parallel single-threaded runs")
+    st.add_argument("--eval-limit", type=int, default=40, help="items per downstream task")
+    _config_args(st)
+    st.set_defaults(func=cmd_study)
 
     toy = sub.add_parser("toy", help="the quadratic-basin theory toy (< 60 s)")
     toy.add_argument("--out", default="runs/toy")
