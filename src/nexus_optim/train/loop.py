@@ -8,17 +8,30 @@ optimizer at a given seed), one forward/backward each, then
                           outer step; clipping happens inside, on G)
 
 then the LR schedule steps. Tokens per outer step are the same for all optimizers:
-K * micro_batch_size * seq_len. Evaluation and checkpoints happen at outer steps,
-where the model holds the outer weights.
+K * micro_batch_size * seq_len (per rank). Evaluation and checkpoints happen at outer
+steps, where the model holds the outer weights.
+
+Under torchrun (WORLD_SIZE > 1; ``train/distributed.py``, docs/distributed.md): one
+process group (NCCL on CUDA, gloo on CPU), the model wrapped in DDP, each rank drawing
+its own micro-batches (seed stream per rank), every forward/backward inside
+``optim.distributed.backward_context``: AdamW "accumulate" (DDP ``no_sync`` except the
+K-th), Nexus ``train.inner_sync`` "sync" (DDP reduces every backward) or "local"
+(``no_sync`` always; Nexus averages G). Rank 0 alone evaluates, logs, checkpoints and
+exports (the others wait in a barrier); tokens count all ranks; the checkpoint holds
+every rank's sampler and RNG state.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import signal
 import time
+import warnings
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import yaml
 
 from nexus_optim.data.prepare import prepare_data
@@ -26,9 +39,11 @@ from nexus_optim.data.sampler import MixtureSampler
 from nexus_optim.eval.losses import autocast_for, evaluate_sources
 from nexus_optim.models.presets import build_model, count_params
 from nexus_optim.optim import Nexus
+from nexus_optim.optim.distributed import backward_context, ddp_kwargs
 from nexus_optim.train.checkpoint import (latest_checkpoint, load_checkpoint, rng_state,
                                           save_checkpoint, set_rng_state)
 from nexus_optim.train.config import Config, save_config
+from nexus_optim.train.distributed import replica_mismatches, setup_distributed
 from nexus_optim.train.logging import MetricsLogger
 from nexus_optim.train.optimizers import build_optimizer
 from nexus_optim.train.run_info import run_meta
@@ -62,33 +77,60 @@ class Trainer:
         t = cfg.train
         self.out = Path(t.out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.device = pick_device(t.device)
+        self.dist, self.device = setup_distributed(pick_device(t.device))
+        rank, world, main = self.dist.rank, self.dist.world, self.dist.is_main
+        # backward_context mode: "none" (one process), "accumulate" (AdamW), or
+        # train.inner_sync (Nexus, Fish, random-control)
+        if world == 1:
+            self.sync_mode = "none"
+        else:
+            self.sync_mode = "accumulate" if cfg.optim.name == "adamw" else t.inner_sync
         if t.threads:
             torch.set_num_threads(t.threads)
         torch.manual_seed(t.seed)
-        self.prepared = prepare_data(cfg.data, progress=t.progress)
+        self.prepared = self.dist.main_first(
+            lambda: prepare_data(cfg.data, progress=t.progress and main))
         self.tokenizer = self.prepared.tokenizer()
         init_seed = t.seed if cfg.model.init_seed is None else cfg.model.init_seed
         self.model = build_model(cfg.model.preset, vocab_size=len(self.tokenizer),
                                  max_seq_len=cfg.model.seq_len, seed=init_seed,
                                  **cfg.model.overrides).to(self.device)
         self.n_params = count_params(self.model)
-        self.optimizer = build_optimizer(cfg.optim, self.model, seed=t.seed)
+        self.optimizer = build_optimizer(cfg.optim, self.model, seed=t.seed,
+                                         inner_sync="auto" if world == 1 else t.inner_sync)
         self.scheduler = build_scheduler(self.optimizer, t.steps, cfg.schedule.kind,
                                          cfg.schedule.warmup_steps, cfg.schedule.min_lr_ratio,
                                          cfg.schedule.decay_fraction)
-        self.sampler = build_sampler(cfg, self.prepared)
-        self.forward = torch.compile(self.model) if cfg.model.compile else self.model
+        self.sampler = build_sampler(cfg, self.prepared, rank, world)
         self.step, self.tokens = 0, 0
         resume_from = latest_checkpoint(self.out / "checkpoints") if resume else None
-        if resume_from is not None:
+        resume_from = self.dist.broadcast_object(resume_from)  # rank 0 picks, all load it
+        if resume_from is not None:  # every rank, into the plain module, before DDP
             self._restore(resume_from)
-        self.logger = MetricsLogger(self.out, resume_step=self.step if resume else None)
-        save_config(cfg, self.out / "config.yaml")
-        self.meta = run_meta(t.seed, {"n_params": self.n_params, "device": str(self.device),
-                                      "resumed_from": str(resume_from) if resume_from else None,
-                                      "tokens_per_step": cfg.tokens_per_step()})
-        (self.out / "meta.yaml").write_text(yaml.safe_dump(self.meta, sort_keys=False))
+        self.ddp = None  # the DDP wrapper (WORLD_SIZE > 1); self.model stays the plain module
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                **ddp_kwargs(self.sync_mode))
+        net = self.ddp if self.ddp is not None else self.model
+        self.forward = torch.compile(net) if cfg.model.compile else net
+        self.logger = MetricsLogger(self.out, enabled=main,
+                                    resume_step=self.step if resume else None)
+        self.meta = {}
+        if main:
+            save_config(cfg, self.out / "config.yaml")
+            extra = {"world_size": world, "inner_sync": self.sync_mode} if world > 1 else {}
+            self.meta = run_meta(t.seed, {"n_params": self.n_params, "device": str(self.device),
+                                          "resumed_from": str(resume_from) if resume_from else None,
+                                          "tokens_per_step": self.tokens_per_step(), **extra})
+            (self.out / "meta.yaml").write_text(yaml.safe_dump(self.meta, sort_keys=False))
+        self.dist.barrier()
+
+    def tokens_per_step(self) -> int:
+        """Tokens per outer step over all ranks."""
+        return self.cfg.tokens_per_step() * self.dist.world
 
     # --------------------------------------------------------------------------- steps
     def _micro_batch_loss(self) -> tuple[torch.Tensor, str]:
@@ -102,15 +144,16 @@ class Trainer:
         """One outer step: K micro-batches; returns the mean micro-batch loss."""
         K = self.cfg.optim.inner_steps
         opt = self.optimizer
+        net = self.ddp if self.ddp is not None else self.model
         losses = []
-        for _ in range(K):
-            loss, _source = self._micro_batch_loss()
+        for k in range(K):
+            # DDP decides in forward whether this backward reduces: both go in the context
+            with backward_context(net, self.sync_mode, last_micro_batch=k == K - 1):
+                loss, _source = self._micro_batch_loss()
+                (loss if isinstance(opt, Nexus) else loss / K).backward()
             if isinstance(opt, Nexus):
-                loss.backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-            else:
-                (loss / K).backward()
             losses.append(loss.detach())
         if isinstance(opt, Nexus):
             assert opt.last_step_was_outer or opt.skipped_micro_batches > 0
@@ -121,8 +164,8 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
-        self.tokens += self.cfg.tokens_per_step()
-        return {"train/loss": float(torch.stack(losses).float().mean())}
+        self.tokens += self.tokens_per_step()
+        return {"train/loss": float(torch.stack(losses).float().mean())}  # this rank's
 
     def evaluate(self) -> dict:
         t = self.cfg.train
@@ -134,22 +177,41 @@ class Trainer:
         return out
 
     # ---------------------------------------------------------------------- checkpoint
-    def save(self) -> Path:
-        trainer_state = {"step": self.step, "tokens": self.tokens, "rng": rng_state(),
-                         "sampler": self.sampler.state_dict()}
-        opt_state = {"optimizer": self.optimizer.state_dict(),
-                     "scheduler": self.scheduler.state_dict()}
-        return save_checkpoint(self.out / "checkpoints", self.step, self.model, opt_state,
-                               trainer_state, yaml.safe_dump(self.cfg.to_dict(), sort_keys=False),
-                               {**self.meta, "step": self.step, "tokens": self.tokens},
-                               keep=self.cfg.train.keep_checkpoints)
+    def save(self) -> Path | None:
+        """Checkpoint at an outer step (replicas are identical there): rank 0 writes the
+        model, optimizer and scheduler once, and every rank's sampler and RNG state
+        (``trainer.pt["ranks"]``). Call on every rank; returns the path on rank 0."""
+        mine = {"rng": rng_state(), "sampler": self.sampler.state_dict()}
+        ranks = self.dist.all_gather_object(mine)
+        path = None
+        if self.dist.is_main:
+            trainer_state = {"step": self.step, "tokens": self.tokens, **mine,
+                             "world_size": self.dist.world}
+            if self.dist.enabled:
+                trainer_state["ranks"] = ranks
+            opt_state = {"optimizer": self.optimizer.state_dict(),
+                         "scheduler": self.scheduler.state_dict()}
+            path = save_checkpoint(self.out / "checkpoints", self.step, self.model, opt_state,
+                                   trainer_state,
+                                   yaml.safe_dump(self.cfg.to_dict(), sort_keys=False),
+                                   {**self.meta, "step": self.step, "tokens": self.tokens},
+                                   keep=self.cfg.train.keep_checkpoints)
+        self.dist.barrier()
+        return path
 
     def _restore(self, path: Path) -> None:
         opt_state, trainer_state = load_checkpoint(path, self.model)
+        saved_world = trainer_state.get("world_size", 1)
+        if saved_world != self.dist.world:
+            raise ValueError(
+                f"--resume: checkpoint {str(path)!r} was written by {saved_world} process(es), "
+                f"this run has {self.dist.world}; resume with the same number of processes "
+                "(torchrun --nnodes x --nproc_per_node)")
+        mine = trainer_state["ranks"][self.dist.rank] if self.dist.enabled else trainer_state
         self.optimizer.load_state_dict(opt_state["optimizer"])
         self.scheduler.load_state_dict(opt_state["scheduler"])
-        self.sampler.load_state_dict(trainer_state["sampler"])
-        set_rng_state(trainer_state["rng"])
+        self.sampler.load_state_dict(mine["sampler"])
+        set_rng_state(mine["rng"])
         self.step, self.tokens = trainer_state["step"], trainer_state["tokens"]
 
     def export_hf(self, out_dir: str | Path | None = None) -> Path:
@@ -168,14 +230,23 @@ class Trainer:
         from tqdm.auto import tqdm
 
         t = self.cfg.train
+        main = self.dist.is_main
         stop = t.steps if until is None else min(until, t.steps)
-        bar = tqdm(total=t.steps, initial=self.step, disable=not t.progress, unit="step",
-                   desc=f"{self.cfg.optim.name} seed {t.seed}", dynamic_ncols=True)
+        bar = tqdm(total=t.steps, initial=self.step, disable=not (t.progress and main),
+                   unit="step", desc=f"{self.cfg.optim.name} seed {t.seed}", dynamic_ncols=True)
+        # test hook (tests/train/test_torchrun.py): the last rank SIGKILLs itself after
+        # this outer step, as a crashed worker would; only in torchrun's first attempt
+        kill_at = os.environ.get("NEXUS_TEST_KILL_AT_STEP")
+        first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+        kill_at = (int(kill_at) if kill_at and first_attempt
+                   and self.dist.rank == self.dist.world - 1 else None)
         last_eval: dict = {}
         window_start, window_tokens = time.perf_counter(), 0
         while self.step < stop:
             metrics = self.train_step()
-            window_tokens += self.cfg.tokens_per_step()
+            window_tokens += self.tokens_per_step()
+            if self.dist.enabled:  # the mean over ranks: every rank sees the same value
+                metrics["train/loss"] = self.dist.mean(metrics["train/loss"], self.device)
             if not math.isfinite(metrics["train/loss"]):
                 raise FloatingPointError(f"training loss is {metrics['train/loss']} at step {self.step}")
             done = self.step == t.steps
@@ -190,20 +261,51 @@ class Trainer:
                                 tok_s=f"{metrics['tokens_per_s']:.0f}")
                 window_start, window_tokens = time.perf_counter(), 0
             if (t.eval_every and self.step % t.eval_every == 0) or done:
-                last_eval = self.evaluate()
-                self.logger.log(self.step, {**last_eval, "tokens": self.tokens})
+                if main:  # on the plain module: no DDP hook fires, no collective
+                    last_eval = self.evaluate()
+                    self.logger.log(self.step, {**last_eval, "tokens": self.tokens})
+                self.dist.barrier()
                 window_start = time.perf_counter()  # eval time is not training time
             if (t.ckpt_every and self.step % t.ckpt_every == 0) or done:
+                if self.dist.enabled:  # rank 0 saves its copy: check that all are the same
+                    self._check_replicas()
                 self.save()
                 window_start = time.perf_counter()
             bar.update(1)
+            if kill_at is not None and self.step == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
         bar.close()
         self.logger.close()
         if t.export_hf and self.step == t.steps:
-            self.export_hf()
+            if main:
+                self.export_hf()
+            self.dist.barrier()
         return {"step": self.step, "tokens": self.tokens, **last_eval}
+
+    def _check_replicas(self) -> None:
+        """Log ``dist/replica_mismatches``: parameter tensors whose bits differ from
+        another rank's (0 expected at outer steps, in every mode); warn if any."""
+        bad = replica_mismatches(list(self.model.parameters()))
+        self.logger.log(self.step, {"dist/replica_mismatches": bad})
+        if bad and self.dist.is_main:
+            warnings.warn(f"step {self.step}: {bad} parameter tensor(s) differ between ranks; "
+                          "the checkpoint holds rank 0's copy", RuntimeWarning, stacklevel=2)
+
+    def close(self) -> None:
+        """Destroy the process group if this trainer created it (torchrun)."""
+        self.dist.close()
 
 
 def train(cfg: Config, resume: bool = False) -> dict:
-    """Train (or resume from the latest checkpoint in ``train.out_dir``)."""
-    return Trainer(cfg, resume=resume).run()
+    """Train (or resume from the latest checkpoint in ``train.out_dir``); under
+    torchrun, on every rank, destroying the process group at the end."""
+    had_group = dist.is_available() and dist.is_initialized()
+    trainer = None
+    try:
+        trainer = Trainer(cfg, resume=resume)
+        return trainer.run()
+    finally:
+        if trainer is not None:
+            trainer.close()
+        elif not had_group and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()  # Trainer() failed after setting it up

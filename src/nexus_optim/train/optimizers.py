@@ -29,13 +29,17 @@ def param_groups(model: torch.nn.Module, weight_decay: float, no_decay_norms_and
     return groups
 
 
-def build_optimizer(cfg: OptimConfig, model: torch.nn.Module, seed: int = 0) -> torch.optim.Optimizer:
+def build_optimizer(cfg: OptimConfig, model: torch.nn.Module, seed: int = 0,
+                    inner_sync: str | None = "auto") -> torch.optim.Optimizer:
+    """``inner_sync`` goes to the Nexus-based optimizers (docs/distributed.md); AdamW
+    ignores it (the loop accumulates with DDP ``no_sync`` on the first K-1 backwards)."""
     groups = param_groups(model, cfg.weight_decay, cfg.no_decay_norms_and_biases)
     adam = dict(betas=tuple(cfg.betas), eps=cfg.eps)
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, **adam)
     common = dict(inner_steps=cfg.inner_steps, max_grad_norm=cfg.max_grad_norm,
-                  inner_lr_follows_lr=cfg.inner_lr_follows_lr, seed=seed)
+                  inner_lr_follows_lr=cfg.inner_lr_follows_lr, seed=seed,
+                  inner_sync=inner_sync)
     if cfg.name == "nexus":
         return Nexus(groups, lr=cfg.lr, inner_lr=cfg.inner_lr, inner_norm=cfg.inner_norm,
                      outer_grad=cfg.outer_grad, **common, **adam)
