@@ -88,11 +88,12 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def _write_jsonl(path: Path, docs: list[str]) -> None:
+def write_jsonl(path: Path, rows: list) -> None:
+    """One JSON value per line, written atomically (tmp file + rename)."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:
-        for d in docs:
-            f.write(json.dumps(d, ensure_ascii=False) + "\n")
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
 
 
@@ -160,7 +161,7 @@ def _build_documents(cfg: DataConfig, todo: list[tuple[SourceConfig, Path]], wor
             splits["train"] = [d for d, v in zip(docs, is_val) if not v]
         meta = {"name": s.name, "kind": s.kind, "role": s.role, "docs": {}, "chars": {}, "bytes": {}}
         for split, ds in splits.items():
-            _write_jsonl(out_dir / f"{split}.jsonl", ds)
+            write_jsonl(out_dir / f"{split}.jsonl", ds)
             meta["docs"][split] = len(ds)
             meta["chars"][split] = sum(len(d) for d in ds)
             meta["bytes"][split] = sum(len(d.encode("utf-8")) for d in ds)

@@ -18,11 +18,12 @@ same (see `nexus_optim.eval.export`), so lm-evaluation-harness sees identical in
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+
+from nexus_optim.eval.losses import autocast_for
 
 
 def model_device(model) -> torch.device:
@@ -37,12 +38,6 @@ def model_max_length(model) -> int | None:
     cfg = getattr(model, "config", None)
     n = getattr(cfg, "max_position_embeddings", None)
     return int(n) if n else None
-
-
-def _autocast(device: torch.device, bf16: bool):
-    if device.type == "cuda" and bf16:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def encode(tokenizer, text: str) -> list[int]:
@@ -96,7 +91,7 @@ def loglikelihoods(model, tokenizer, requests: Sequence[tuple[str, str]], batch_
                 inp = seqs[i][0][:-1]
                 ids[r, :len(inp)] = torch.tensor(inp)
                 mask[r, :len(inp)] = 1
-            with _autocast(device, bf16):
+            with autocast_for(device, bf16):
                 logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             for r, i in enumerate(idx):
                 whole, n = seqs[i]
@@ -205,7 +200,7 @@ def greedy_generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
             idx = order[b0:b0 + batch_size]
             ids, mask = _left_pad([enc[i] for i in idx], pad)
             ids, mask = ids.to(device), mask.to(device)
-            with _autocast(device, bf16):
+            with autocast_for(device, bf16):
                 if use_hf_generate:
                     gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
                                          max_new_tokens=max_new_tokens, eos_token_id=eos,

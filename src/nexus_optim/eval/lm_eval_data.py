@@ -12,12 +12,12 @@ The items are exactly those ``nexus eval --tasks arith,gsm,mc`` scores (same see
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
 import yaml
+
+from nexus_optim.data.prepare import write_jsonl
 
 TASK_DIR = Path(__file__).with_name("lm_eval_tasks")
 LM_EVAL_TASKS = ("arith", "gsm", "mc")
@@ -25,14 +25,6 @@ LM_EVAL_TASKS = ("arith", "gsm", "mc")
 
 def task_yaml(task: str) -> Path:
     return TASK_DIR / f"nexus_{task}.yaml"
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def render_yaml(task: str, data_file: str | Path, out_path: str | Path) -> Path:
@@ -101,7 +93,7 @@ def write_lm_eval_data(out_dir: str | Path, tasks=LM_EVAL_TASKS, limit: int = 20
             done[task] = {"error": str(e)}
             continue
         data = out / f"nexus_{task}.jsonl"
-        _write_jsonl(data, rows)
+        write_jsonl(data, rows)
         done[task] = {"data": str(data), "yaml": str(render_yaml(task, data, out / f"nexus_{task}.yaml")),
                       "n": len(rows)}
     return done
