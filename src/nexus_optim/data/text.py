@@ -31,34 +31,27 @@ def chunk_text(text: str, target: int = 4000) -> list[str]:
     if len(text) <= target:
         return [text] if text.strip() else []
     paras = [p for p in _BLANK.split(text) if p.strip()]
+    return _pack((piece for p in paras for piece in _cut_long(p, 4 * target)), target, "\n\n")
+
+
+def _pack(pieces, limit: int, sep: str) -> list[str]:
+    """Greedily join consecutive pieces with ``sep`` into chunks of about ``limit`` chars."""
     out: list[str] = []
     cur: list[str] = []
     size = 0
-    for p in paras:
-        for piece in _cut_long(p, 4 * target):
-            if cur and size + len(piece) > target:
-                out.append("\n\n".join(cur))
-                cur, size = [], 0
-            cur.append(piece)
-            size += len(piece) + 2
+    for piece in pieces:
+        if cur and size + len(piece) > limit:
+            out.append(sep.join(cur))
+            cur, size = [], 0
+        cur.append(piece)
+        size += len(piece) + len(sep)
     if cur:
-        out.append("\n\n".join(cur))
+        out.append(sep.join(cur))
     return out
 
 
 def _cut_long(p: str, limit: int) -> list[str]:
-    if len(p) <= limit:
-        return [p]
-    out, cur, size = [], [], 0
-    for line in p.split("\n"):
-        if cur and size + len(line) > limit:
-            out.append("\n".join(cur))
-            cur, size = [], 0
-        cur.append(line)
-        size += len(line) + 1
-    if cur:
-        out.append("\n".join(cur))
-    return out
+    return [p] if len(p) <= limit else _pack(p.split("\n"), limit, "\n")
 
 
 def take_budget(docs: Sequence[str], budget: int | None, seed: int, salt: str = "") -> list[str]:

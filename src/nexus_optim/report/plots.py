@@ -47,6 +47,10 @@ def _bars(plt, groups, report, keys, titles, path):
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=7)
         ax.set_title(title, fontsize=9)
+    _save(plt, fig, path)
+
+
+def _save(plt, fig, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -84,9 +88,7 @@ def make_plots(groups: dict, report: dict, out: Path) -> list[str]:
         for ax in list(axes.flat)[len(keys):]:
             ax.axis("off")
         axes.flat[0].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "loss_curves.png", dpi=110)
-        plt.close(fig)
+        _save(plt, fig, out / "loss_curves.png")
         written.append("loss_curves.png")
 
     # OOD vs in-distribution
@@ -109,9 +111,7 @@ def make_plots(groups: dict, report: dict, out: Path) -> list[str]:
         ax.set_ylabel("val/ood", fontsize=8)
         ax.set_title("OOD loss vs in-distribution loss (dots: matched loss)", fontsize=9)
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "ood_vs_id.png", dpi=110)
-        plt.close(fig)
+        _save(plt, fig, out / "ood_vs_id.png")
         written.append("ood_vs_id.png")
 
     # grad-sim over training
@@ -128,9 +128,7 @@ def make_plots(groups: dict, report: dict, out: Path) -> list[str]:
         ax.set_ylabel("mean off-diagonal cosine", fontsize=8)
         ax.set_title("source gradient similarity (geom/grad_sim)", fontsize=9)
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "grad_sim.png", dpi=110)
-        plt.close(fig)
+        _save(plt, fig, out / "grad_sim.png")
         written.append("grad_sim.png")
 
     summ = report["extra"]["summary"]
