@@ -8,6 +8,12 @@ import numpy as np
 __all__ = ["plot_all"]
 
 
+
+def _save(plt, fig, path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
 def _plt():
     import matplotlib
 
@@ -31,9 +37,7 @@ def plot_quadratic(quad: dict, path: Path) -> None:
     ax.set_ylabel("E[ L_new(theta*) ]")
     ax.set_title(f"Quadratic basins: N={quad['n_sources']} sources, d={quad['d']}, {quad['n_draws']} draws/pt")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 PANELS = [("grad_cos", "mean pairwise grad cosine", "abs"), ("minima_var", "variance of per-source minima", "log"),
@@ -69,9 +73,7 @@ def plot_metrics(runs: list[dict], summary: dict, path: Path) -> None:
         ax.set_xlabel("summed train loss (matched)")
         ax.set_title(label, fontsize=9)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_curves(run: dict, thresholds, path: Path) -> None:
@@ -86,9 +88,7 @@ def plot_curves(run: dict, thresholds, path: Path) -> None:
     ax.set_ylabel("summed train MSE")
     ax.set_title(f"training curves, seed {run['seed']}")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_premise(runs: list[dict], summary: dict, path: Path) -> None:
@@ -113,9 +113,7 @@ def plot_premise(runs: list[dict], summary: dict, path: Path) -> None:
                    for j, c in enumerate(summary["thresholds"]))
     ax.set_title(f"premise check, marker = matched loss ({pr})", fontsize=7)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_all(result: dict, out_dir: Path) -> list[str]:
