@@ -151,5 +151,13 @@ def _validate_source(s: SourceConfig, where: str) -> None:
         for j, p in enumerate(s.paths):
             if not glob.glob(p, recursive=True):
                 raise ValueError(f"{where}.paths[{j}]: no file matches {p!r}")
+        o = s.options
+        if "field" in o and (not isinstance(o["field"], str) or not o["field"]):
+            raise ValueError(f"{where}.options.field: {o['field']!r} must be a column / JSON key name")
+        cc = o.get("chunk_chars", 1)
+        if not isinstance(cc, int) or isinstance(cc, bool) or cc <= 0:
+            raise ValueError(f"{where}.options.chunk_chars: {cc!r} must be a positive integer")
+        if not isinstance(o.get("doc_per_file", False), bool):
+            raise ValueError(f"{where}.options.doc_per_file: {o['doc_per_file']!r} must be true or false")
     elif s.paths:
         raise ValueError(f"{where}.paths: only kind 'files' takes paths (kind is {s.kind!r})")

@@ -8,16 +8,29 @@ Layout under ``data_dir`` (every file is written to a temp name and renamed into
     shards/<tok>/<name>-<key>/ train.bin, val.bin, meta.json
     prepared-<key>.json       the returned PreparedData, for other tools
 
-A second call with the same config rebuilds nothing. Changing ``weights`` never rebuilds.
+A second call with the same config rebuilds nothing and writes nothing (a prepared cache
+can be used read-only). Changing ``weights`` never rebuilds.
+
+Verification: every ``meta.json`` records the size and sha256 of the files it describes
+(``tokenizer/<key>/meta.json`` for a trained tokenizer; shard metas also the sha256 of the
+tokenizer they were built with). Each call checks the token shards and the tokenizer (and
+the documents whenever they are read); a file that does not match is rebuilt with a
+`CacheWarning` naming it, or, when it cannot be rebuilt (a read-only cache, a user
+tokenizer), a one-line `CacheError` names it. Entries written before checksums existed:
+shards are re-tokenized (in a read-only cache they are checked structurally instead and
+used with a warning), tokenizers and documents that load cleanly get their checksums
+recorded. See docs/reliability.md.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import multiprocessing as mp
 import os
 import sys
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from nexus_optim.data.config import DataConfig, SourceConfig
-from nexus_optim.data.shards import build_shard, load_shard, token_dtype
+from nexus_optim.data.shards import (CacheError, CacheWarning, build_shard, digest_problem, file_digest,
+                                     load_shard, shard_problem, token_dtype)
 from nexus_optim.data.sources import KINDS, BuildContext, build_part, plan
 from nexus_optim.data.sources.files import expand_paths
 from nexus_optim.data.text import split_docs, stable_hash
@@ -51,6 +65,8 @@ class PreparedData:
     val_tokens: dict[str, int] = field(default_factory=dict)  # tokens of each val shard (one EOS per doc included)
     train_tokens: dict[str, int] = field(default_factory=dict)
     data_dir: str = ""
+    tokenizer_sha256: str = ""  # of tokenizer.json (a dir tokenizer: of its files)
+    checksums: dict[str, dict[str, str]] = field(default_factory=dict)  # source -> split -> shard sha256
 
     def tokenizer(self):
         """The tokenizer as a ``transformers.PreTrainedTokenizerFast``."""
@@ -58,13 +74,53 @@ class PreparedData:
 
         return load_tokenizer(self.tokenizer_path)
 
+    def _tokens(self, source: str, split: str) -> int | None:
+        return (self.val_tokens if split == "val" else self.train_tokens).get(source)
+
     def load(self, source: str, split: str) -> np.ndarray:
-        """Token ids of one shard as a read-only memmap (documents separated by EOS)."""
+        """Token ids of one shard as a read-only memmap (documents separated by EOS).
+
+        The file's size is checked against the recorded token count (a shard cut after
+        ``prepare_data`` is a `CacheError` naming it); ``verify()`` checks the checksums."""
         try:
             path = self.shards[source][split]
         except KeyError:
             raise KeyError(f"no {split!r} shard for source {source!r}; have {self.shards.get(source, {})}") from None
-        return load_shard(path, np.dtype(self.dtype))
+        dtype = np.dtype(self.dtype)
+        n = self._tokens(source, split)
+        if n is not None:
+            try:
+                size = os.path.getsize(path)
+            except OSError as e:
+                raise CacheError(f"{path}: cannot read the token shard ({e.strerror or e}); "
+                                 f"run `nexus data prepare` again") from None
+            if size != n * dtype.itemsize:
+                raise CacheError(f"{path}: size {size} bytes, expected {n * dtype.itemsize} ({n} tokens): "
+                                 f"the shard changed after prepare_data; run `nexus data prepare` again")
+        return load_shard(path, dtype)
+
+    def verify(self) -> None:
+        """Check every shard (and the tokenizer) against the recorded sha256; `CacheError` naming
+        the first file that does not match."""
+        for source, splits in self.shards.items():
+            for split, path in splits.items():
+                want = self.checksums.get(source, {}).get(split)
+                if want:
+                    n = self._tokens(source, split) or 0
+                    problem = digest_problem(path, {"size": n * np.dtype(self.dtype).itemsize, "sha256": want})
+                    if problem:
+                        raise CacheError(f"{path}: {problem}; run `nexus data prepare` again")
+        if self.tokenizer_sha256 and _tokenizer_digest(self.tokenizer_path) != self.tokenizer_sha256:
+            raise CacheError(f"{self.tokenizer_path}: the tokenizer changed after prepare_data "
+                             f"(sha256 differs); run `nexus data prepare` again")
+
+    def fingerprint(self) -> str:
+        """A hash of the tokenizer and the shard contents: equal fingerprints = same data
+        (mixture weights excluded); "" for data prepared without checksums."""
+        if not self.tokenizer_sha256 or not self.checksums:
+            return ""
+        return stable_hash({"tokenizer": self.tokenizer_sha256, "shards": self.checksums,
+                            "roles": self.roles})
 
     def bytes_per_token(self, source: str) -> float:
         """UTF-8 bytes per val token, to turn nats/token into bits/byte."""
@@ -98,8 +154,80 @@ def write_jsonl(path: Path, rows: list) -> None:
 
 
 def read_docs(path: str | os.PathLike) -> list[str]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The documents of a ``train.jsonl`` / ``val.jsonl``; a bad line is a ValueError naming
+    the file and line."""
+    out = []
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                doc = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise ValueError(f"{path}:{i}: corrupt document line ({e})") from None
+            if not isinstance(doc, str):
+                raise ValueError(f"{path}:{i}: corrupt document line (expected a JSON string)")
+            out.append(doc)
+    return out
+
+
+def _read_meta(path: Path) -> dict | None:
+    """A cache ``meta.json``, or None when missing; a corrupt one is warned about and None."""
+    if not path.exists():
+        return None
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(meta, dict):
+            return meta
+    except (OSError, ValueError):
+        pass
+    _warn(f"{path}: corrupt cache metadata; rebuilding this entry")
+    return None
+
+
+def _warn(msg: str) -> None:
+    warnings.warn(msg, CacheWarning, stacklevel=3)
+
+
+def _tokenizer_digest(tok_path: str) -> str:
+    """sha256 of a tokenizer.json, or of the digests of an HF tokenizer directory's files."""
+    p = Path(tok_path)
+    if p.is_file():
+        return file_digest(p)["sha256"]
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else []
+    return stable_hash([(str(f.relative_to(p)), file_digest(f)["sha256"]) for f in files], 64)
+
+
+def _check_data_dir(root: Path) -> None:
+    """data_dir must be a directory; created when missing (one-line error when it cannot be)."""
+    if root.exists() and not root.is_dir():
+        raise CacheError(f"data.data_dir: {str(root)!r} exists and is not a directory")
+    if not root.exists():
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CacheError(f"data.data_dir: cannot create {str(root)!r} ({e.strerror or e})") from None
+
+
+def _writable(root: Path) -> bool:
+    return os.access(root, os.W_OK | os.X_OK)
+
+
+def _need_write(root: Path, what: str) -> None:
+    if not _writable(root):
+        raise CacheError(f"data.data_dir: {str(root)!r} is not writable and {what} needs building; "
+                         f"make it writable or point data.data_dir at a prepared cache")
+
+
+def _docs_complete(meta: dict | None, s: SourceConfig) -> bool:
+    """A docs dir is usable when its meta.json exists; a train source needs both splits
+    (caches written before one-document sources were split could lack one)."""
+    if meta is None:
+        return False
+    if s.role == "train":
+        docs = meta.get("docs", {})
+        return docs.get("train", 0) > 0 and docs.get("val", 0) > 0
+    return True
 
 
 def _doc_key(s: SourceConfig, cfg: DataConfig) -> str:
@@ -153,81 +281,237 @@ def _build_documents(cfg: DataConfig, todo: list[tuple[SourceConfig, Path]], wor
         docs = [d for i in range(len(tasks)) if owner[i] == s.name for d in results[i]]
         if not docs:
             raise ValueError(f"source {s.name!r} produced no documents")
-        is_val = np.ones(len(docs), bool) if s.role == "ood" else split_docs(len(docs), cfg.val_fraction,
-                                                                               cfg.seed, s.name)
+        if s.role == "train" and len(docs) == 1:
+            docs, is_val = split_single_doc(docs[0], cfg.val_fraction, s.name), np.array([False, True])
+        elif s.role == "ood":
+            is_val = np.ones(len(docs), bool)
+        else:
+            is_val = split_docs(len(docs), cfg.val_fraction, cfg.seed, s.name)
         out_dir.mkdir(parents=True, exist_ok=True)
         splits = {"val": [d for d, v in zip(docs, is_val) if v]}
         if s.role == "train":
             splits["train"] = [d for d, v in zip(docs, is_val) if not v]
-        meta = {"name": s.name, "kind": s.kind, "role": s.role, "docs": {}, "chars": {}, "bytes": {}}
+        meta = {"name": s.name, "kind": s.kind, "role": s.role, "docs": {}, "chars": {}, "bytes": {},
+                "files": {}}
         for split, ds in splits.items():
             write_jsonl(out_dir / f"{split}.jsonl", ds)
             meta["docs"][split] = len(ds)
             meta["chars"][split] = sum(len(d) for d in ds)
             meta["bytes"][split] = sum(len(d.encode("utf-8")) for d in ds)
+            meta["files"][split] = file_digest(out_dir / f"{split}.jsonl")
         _write_json(out_dir / "meta.json", meta)  # written last: marks the directory complete
 
 
-def _tokenizer_texts(cfg: DataConfig, doc_dirs: dict[str, Path]):
-    for s in cfg.sources:
-        if s.role != "train":
-            continue
-        total = 0
-        for d in read_docs(doc_dirs[s.name] / "train.jsonl"):
-            if total >= TOKENIZER_CHARS_PER_SOURCE:
-                break
-            total += len(d)
-            yield d
+def split_single_doc(doc: str, val_fraction: float, name: str = "") -> list[str]:
+    """A train source with a single document: cut it into [train part, val part] at the line
+    break (else space) nearest to ``(1 - val_fraction)`` of its length, so the source still
+    gets a val split; a ValueError naming the source when it is too short to cut."""
+    text = doc.strip()
+    cut = int(round(len(text) * (1.0 - val_fraction)))
+    for sep in ("\n", " "):
+        cands = [i for i in range(1, len(text)) if text[i] == sep]
+        if cands:
+            cut = min(cands, key=lambda i: abs(i - cut))
+            break
+    cut = min(max(cut, 1), len(text) - 1)
+    parts = [text[:cut].strip(), text[cut:].strip()]
+    if len(text) < 2 or not all(parts):
+        raise ValueError(f"source {name!r} has a single document of {len(text)} chars, too short to split "
+                         f"into train and val; add more text (or more documents)")
+    return parts
+
+
+class _Cache:
+    """Reads one data_dir with verification; rebuilds bad entries when it may write."""
+
+    def __init__(self, cfg: DataConfig, root: Path, workers: int, log):
+        self.cfg, self.root, self.workers, self.log = cfg, root, workers, log
+        self.keys = {s.name: _doc_key(s, cfg) for s in cfg.sources}
+        self.doc_dirs = {s.name: root / "docs" / f"{s.name}-{self.keys[s.name]}" for s in cfg.sources}
+        self.metas = {n: _read_meta(d / "meta.json") for n, d in self.doc_dirs.items()}
+        self.writable = _writable(root)
+
+    def build_docs(self, sources: list[SourceConfig], why: str = "") -> None:
+        _need_write(self.root, f"documents of {', '.join(s.name for s in sources)}")
+        self.log(f"building documents for {', '.join(s.name for s in sources)}{why}")
+        _build_documents(self.cfg, [(s, self.doc_dirs[s.name]) for s in sources], self.workers, self.log)
+        for s in sources:
+            self.metas[s.name] = _read_meta(self.doc_dirs[s.name] / "meta.json")
+
+    def docs(self, s: SourceConfig, split: str) -> list[str]:
+        """One split's documents, checked against the recorded checksum; a bad file is
+        rebuilt (once), an older file without a checksum is adopted when it parses."""
+        path = self.doc_dirs[s.name] / f"{split}.jsonl"
+        rec = self.metas[s.name].get("files", {}).get(split)
+        bad = digest_problem(path, rec) if rec else None
+        problem = f"{path}: {bad}" if bad else None
+        if problem is None:
+            try:
+                docs = read_docs(path)
+            except (OSError, ValueError) as e:
+                problem = str(e) if str(path) in str(e) else f"{path}: {e}"
+        if problem is not None:
+            if not self.writable:
+                raise CacheError(f"{problem}; the cache is read-only, so it cannot be rebuilt "
+                                 f"(make data.data_dir writable)")
+            _warn(f"{problem}; rebuilding the documents of source {s.name!r}")
+            self.build_docs([s])
+            return read_docs(path)
+        if rec is None and self.writable:  # older cache: record the checksums now
+            meta = self.metas[s.name]
+            meta.setdefault("files", {})[split] = file_digest(path)
+            _write_json(self.doc_dirs[s.name] / "meta.json", meta)
+        return docs
+
+    def tokenizer_texts(self):
+        for s in self.cfg.sources:
+            if s.role != "train":
+                continue
+            total = 0
+            for d in self.docs(s, "train"):
+                if total >= TOKENIZER_CHARS_PER_SOURCE:
+                    break
+                total += len(d)
+                yield d
+
+    def tokenizer(self) -> tuple[str, str, str]:
+        """(tokenizer path, cache key, sha256): a user tokenizer is only loaded-checked;
+        a trained one is verified against ``tokenizer/<key>/meta.json`` and retrained if bad."""
+        from nexus_optim.data.tokenizer import load_tokenizer, train_bpe
+
+        cfg = self.cfg
+        if cfg.tokenizer:
+            tok_path = str(Path(cfg.tokenizer).resolve())
+            tok_src = Path(tok_path) / "tokenizer.json" if Path(tok_path).is_dir() else Path(tok_path)
+            mtime = tok_src.stat().st_mtime_ns if tok_src.exists() else 0
+            load_tokenizer(tok_path)  # a ValueError naming the file when it is not a tokenizer
+            return tok_path, stable_hash({"path": tok_path, "mtime": mtime}), _tokenizer_digest(tok_path)
+        train_keys = sorted(self.keys[s.name] for s in cfg.sources if s.role == "train")
+        tok_key = stable_hash({"vocab": cfg.vocab_size, "docs": train_keys, "v": TOKENIZER_VERSION})
+        tok_dir = self.root / "tokenizer" / tok_key
+        tok_path = str(tok_dir / "tokenizer.json")
+        meta = _read_meta(tok_dir / "meta.json")
+        if not Path(tok_path).exists():
+            problem = "missing" if meta is not None else None
+        elif meta is not None:
+            problem = digest_problem(tok_path, meta)
+        else:  # older cache (no checksum): adopt it when it loads
+            try:
+                load_tokenizer(tok_path)
+                problem = None
+            except ValueError as e:
+                problem = str(e).removeprefix(f"{tok_path}: ")
+            meta = file_digest(tok_path) if problem is None else None
+            if meta is not None and self.writable:
+                _write_json(tok_dir / "meta.json", meta)
+        if problem is not None:
+            if not self.writable:
+                raise CacheError(f"{tok_path}: {problem}; the cache is read-only, so the tokenizer "
+                                 f"cannot be retrained (make data.data_dir writable)")
+            _warn(f"{tok_path}: {problem}; retraining the tokenizer")
+        if problem is not None or not Path(tok_path).exists():
+            _need_write(self.root, "the tokenizer")
+            self.log(f"training byte-level BPE (vocab {cfg.vocab_size})")
+            train_bpe(self.tokenizer_texts(), cfg.vocab_size, tok_path)
+            meta = file_digest(tok_path)
+            _write_json(tok_dir / "meta.json", meta)
+        return tok_path, tok_key, meta["sha256"]
+
+    def shards(self, s: SourceConfig, tok, tok_key: str, tok_sha: str, dtype: np.dtype) -> dict:
+        """The shard meta of one source, verified (or rebuilt)."""
+        vocab, eos = len(tok), int(tok.eos_token_id)
+        sdir = self.root / "shards" / tok_key / f"{s.name}-{self.keys[s.name]}"
+        meta_path = sdir / "meta.json"
+        meta = _read_meta(meta_path)
+        splits = list(self.metas[s.name]["docs"])
+        problem = None
+        if meta is not None:
+            if sorted(meta.get("tokens", {})) != sorted(splits):
+                problem = (str(meta_path), "does not list the source's splits")
+            elif "files" not in meta:  # written before checksums existed
+                if self.writable:
+                    self.log(f"{s.name}: shards have no checksums (older cache); re-tokenizing")
+                    meta = None
+                else:
+                    for split in splits:
+                        path = sdir / f"{split}.bin"
+                        bad = shard_problem(path, meta["tokens"][split], dtype, vocab, eos)
+                        if bad:
+                            raise CacheError(f"{path}: {bad}; the cache is read-only, so it cannot be rebuilt")
+                    _warn(f"{sdir}: shards without checksums (older cache, read-only): "
+                          f"checked structurally only; run `nexus data prepare` on a writable copy to add them")
+                    return meta
+            elif meta.get("tokenizer_sha256") != tok_sha:
+                problem = (str(sdir), "was tokenized with a different tokenizer.json")
+            else:
+                for split in splits:
+                    bad = digest_problem(sdir / f"{split}.bin", meta["files"].get(split))
+                    if bad:
+                        problem = (str(sdir / f"{split}.bin"), bad)
+                        break
+        if problem is not None:
+            if not self.writable:
+                raise CacheError(f"{problem[0]}: {problem[1]}; the cache is read-only, so it cannot be rebuilt "
+                                 f"(make data.data_dir writable)")
+            _warn(f"{problem[0]}: {problem[1]}; re-tokenizing source {s.name!r}")
+            meta = None
+        if meta is None:
+            _need_write(self.root, f"the token shards of {s.name!r}")
+            counts, files = {}, {}
+            for split in splits:
+                docs = self.docs(s, split)
+                counts[split] = build_shard(docs, tok, eos, sdir / f"{split}.bin", dtype)
+                files[split] = file_digest(sdir / f"{split}.bin")
+            meta = {"tokens": counts, "dtype": dtype.name, "eos_id": eos, "tokenizer_sha256": tok_sha,
+                    "files": files}
+            _write_json(meta_path, meta)
+            self.log(f"tokenized {s.name}: {counts}")
+        return meta
 
 
 def prepare_data(cfg: DataConfig, progress: bool = True, workers: int | None = None) -> PreparedData:
-    """Build (or reuse) documents, tokenizer and shards for ``cfg``; idempotent and cached."""
-    from nexus_optim.data.tokenizer import load_tokenizer, train_bpe
+    """Build (or reuse, verified) documents, tokenizer and shards for ``cfg``; idempotent and cached.
 
+    Writes nothing when everything is already prepared and intact (so a read-only cache
+    works). Errors are one line: `CacheError` (a ValueError) names the file or data_dir."""
     cfg.validate()
     log = _Log(progress)
     root = Path(cfg.data_dir)
-    root.mkdir(parents=True, exist_ok=True)
+    _check_data_dir(root)
     workers = workers or min(2, os.cpu_count() or 1)
+    try:
+        return _prepare(cfg, root, workers, log)
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or not e.filename:
+            raise
+        where = Path(os.path.abspath(e.filename))
+        if root.resolve() in where.parents:
+            raise CacheError(f"data.data_dir: cannot write {e.filename} ({e.strerror}); the cache under "
+                             f"{str(root)!r} needs building and is not writable") from None
+        raise CacheError(f"{e.filename}: {e.strerror}") from None
 
-    keys = {s.name: _doc_key(s, cfg) for s in cfg.sources}
-    doc_dirs = {s.name: root / "docs" / f"{s.name}-{keys[s.name]}" for s in cfg.sources}
-    todo = [(s, doc_dirs[s.name]) for s in cfg.sources if not (doc_dirs[s.name] / "meta.json").exists()]
+
+def _prepare(cfg: DataConfig, root: Path, workers: int, log) -> PreparedData:
+    from nexus_optim.data.tokenizer import load_tokenizer
+
+    cache = _Cache(cfg, root, workers, log)
+    todo = [s for s in cfg.sources if not _docs_complete(cache.metas[s.name], s)]
     if todo:
-        log(f"building documents for {', '.join(s.name for s, _ in todo)}")
-        _build_documents(cfg, todo, workers, log)
-    metas = {n: json.loads((d / "meta.json").read_text()) for n, d in doc_dirs.items()}
-
-    if cfg.tokenizer:
-        tok_path = str(Path(cfg.tokenizer).resolve())
-        tok_src = Path(tok_path) / "tokenizer.json" if Path(tok_path).is_dir() else Path(tok_path)
-        mtime = tok_src.stat().st_mtime_ns if tok_src.exists() else 0
-        tok_key = stable_hash({"path": tok_path, "mtime": mtime})
-    else:
-        train_keys = sorted(keys[s.name] for s in cfg.sources if s.role == "train")
-        tok_key = stable_hash({"vocab": cfg.vocab_size, "docs": train_keys, "v": TOKENIZER_VERSION})
-        tok_path = str(root / "tokenizer" / tok_key / "tokenizer.json")
-        if not Path(tok_path).exists():
-            log(f"training byte-level BPE (vocab {cfg.vocab_size})")
-            train_bpe(_tokenizer_texts(cfg, doc_dirs), cfg.vocab_size, tok_path)
+        cache.build_docs(todo)
+    tok_path, tok_key, tok_sha = cache.tokenizer()
     tok = load_tokenizer(tok_path)
     vocab, eos = len(tok), int(tok.eos_token_id)
     dtype = token_dtype(vocab)
 
     shards: dict[str, dict[str, str]] = {}
-    val_tokens, train_tokens = {}, {}
+    val_tokens, train_tokens, checksums = {}, {}, {}
     for s in cfg.sources:
-        sdir = root / "shards" / tok_key / f"{s.name}-{keys[s.name]}"
-        meta_path = sdir / "meta.json"
-        if not meta_path.exists():
-            counts = {}
-            for split in metas[s.name]["docs"]:
-                docs = read_docs(doc_dirs[s.name] / f"{split}.jsonl")
-                counts[split] = build_shard(docs, tok, eos, sdir / f"{split}.bin", dtype)
-            _write_json(meta_path, {"tokens": counts, "dtype": dtype.name, "eos_id": eos})
-            log(f"tokenized {s.name}: {counts}")
-        counts = json.loads(meta_path.read_text())["tokens"]
+        meta = cache.shards(s, tok, tok_key, tok_sha, dtype)
+        counts = meta["tokens"]
+        sdir = root / "shards" / tok_key / f"{s.name}-{cache.keys[s.name]}"
         shards[s.name] = {split: str(sdir / f"{split}.bin") for split in counts}
+        if "files" in meta:
+            checksums[s.name] = {split: meta["files"][split]["sha256"] for split in counts}
         val_tokens[s.name] = counts["val"]
         if "train" in counts:
             train_tokens[s.name] = counts["train"]
@@ -236,9 +520,27 @@ def prepare_data(cfg: DataConfig, progress: bool = True, workers: int | None = N
         tokenizer_path=tok_path, shards=shards,
         roles={s.name: s.role for s in cfg.sources}, weights={s.name: float(s.weight) for s in cfg.sources},
         vocab_size=vocab, eos_id=eos, dtype=dtype.name,
-        val_bytes={n: m["bytes"]["val"] for n, m in metas.items()},
+        val_bytes={n: m["bytes"]["val"] for n, m in cache.metas.items()},
         val_tokens=val_tokens, train_tokens=train_tokens, data_dir=str(root),
+        tokenizer_sha256=tok_sha, checksums=checksums if len(checksums) == len(cfg.sources) else {},
     )
-    data.save(root / f"prepared-{stable_hash([keys, tok_key])}.json")
+    manifest = root / f"prepared-{stable_hash([cache.keys, tok_key])}.json"
+    _save_manifest(data, manifest)
     log(f"ready: train tokens {train_tokens}, val tokens {val_tokens}")
     return data
+
+
+def _save_manifest(data: PreparedData, path: Path) -> None:
+    """Write ``prepared-<key>.json`` unless it already holds the same content (a read-only cache
+    keeps its manifest; it is only for other tools)."""
+    want = json.dumps(asdict(data), indent=1, sort_keys=True)
+    try:
+        if path.exists() and path.read_text() == want:
+            return
+    except OSError:
+        pass
+    try:
+        data.save(path)
+    except OSError:
+        if _writable(path.parent):
+            raise

@@ -45,11 +45,17 @@ def load_tokenizer(path: str | os.PathLike):
     if p.is_dir():
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(str(p))
+        try:
+            tok = AutoTokenizer.from_pretrained(str(p))
+        except Exception as e:  # corrupt tokenizer.json / config: name the directory, one line
+            raise ValueError(f"data.tokenizer: cannot load the tokenizer in {str(p)!r}: {_first_line(e)}") from e
         if not getattr(tok, "is_fast", False):
             raise ValueError(f"data.tokenizer: {str(p)!r} is not a fast (tokenizer.json) tokenizer")
     elif p.is_file():
-        tok = PreTrainedTokenizerFast(tokenizer_file=str(p), clean_up_tokenization_spaces=False)
+        try:
+            tok = PreTrainedTokenizerFast(tokenizer_file=str(p), clean_up_tokenization_spaces=False)
+        except Exception as e:  # e.g. a truncated file: "EOF while parsing ..."
+            raise ValueError(f"{str(p)}: not a valid tokenizer.json ({_first_line(e)})") from e
         if tok.convert_tokens_to_ids(EOS) not in (None, tok.unk_token_id):
             tok.add_special_tokens({"eos_token": EOS, "bos_token": EOS, "pad_token": EOS})
     else:
@@ -59,6 +65,11 @@ def load_tokenizer(path: str | os.PathLike):
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 def eos_id(tok) -> int:

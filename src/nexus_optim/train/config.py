@@ -2,13 +2,18 @@
 
 A config has five sections: ``data`` (``nexus_optim.data.config.DataConfig``),
 ``model``, ``optim``, ``schedule`` and ``train``. Every key is documented in
-``configs/nano.yaml``. Errors are one line naming the key and the allowed values.
+``configs/nano.yaml``. Errors are one line naming the key and the allowed values
+(a ValueError, printed by the CLI without a traceback): unknown keys, wrong types,
+``inf``/``nan`` anywhere, ``model.overrides`` that are not LlamaConfig fields (or try to
+set ``vocab_size``), ``seq_len`` above ``max_position_embeddings``, and malformed YAML
+(named with file and line).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -132,6 +137,8 @@ def _section(cls: type, values: Any, where: str):
                 value = values[key] = float(value)
             except ValueError:
                 pass
+            else:
+                check_finite(value, f"{where}.{key}")
         if not _type_ok(value, hints[key]):
             tname = getattr(hints[key], "__name__", None) or str(hints[key]).replace("typing.", "")
             raise ValueError(f"{where}.{key}: expected {tname}, got {value!r}")
@@ -148,12 +155,26 @@ def _positive(where: str, value: Any, zero_ok: bool = False) -> None:
         raise ValueError(f"{where}: must be {'>= 0' if zero_ok else '> 0'}, got {value!r}")
 
 
+def check_finite(value: Any, where: str) -> None:
+    """Refuse ``inf``/``nan`` anywhere in a (nested) config value, naming the key."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where}: must be a finite number, got {value!r}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            check_finite(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_finite(v, f"{where}[{i}]")
+
+
 def validate(cfg: Config) -> None:
     """Cross-field checks; one-line ValueError naming the key."""
-    from nexus_optim.models.presets import PRESETS
+    from nexus_optim.models.presets import PRESETS, check_overrides
 
+    check_finite(cfg.to_dict(), "")
     _choice("model.preset", cfg.model.preset, tuple(PRESETS))
     _positive("model.seq_len", cfg.model.seq_len)
+    check_overrides(cfg.model.overrides, cfg.model.preset, cfg.model.seq_len, cfg.data.vocab_size)
     o = cfg.optim
     _choice("optim.name", o.name, OPTIMIZERS)
     _choice("optim.inner_norm", o.inner_norm, ("global", "per_tensor", "none", "random"))
@@ -164,7 +185,8 @@ def validate(cfg: Config) -> None:
     _positive("optim.weight_decay", o.weight_decay, zero_ok=True)
     if o.max_grad_norm is not None:
         _positive("optim.max_grad_norm", o.max_grad_norm)
-    if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+    if (len(o.betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in o.betas)
+            or not all(0 <= b < 1 for b in o.betas)):
         raise ValueError(f"optim.betas: expected two numbers in [0, 1), got {o.betas!r}")
     s = cfg.schedule
     _choice("schedule.kind", s.kind, SCHEDULES)
@@ -190,6 +212,7 @@ def from_dict(d: dict | None) -> Config:
     for key in d:
         if key not in ("data", *_SECTIONS):
             raise ValueError(f"{key}: unknown section; allowed: data, {', '.join(_SECTIONS)}")
+    check_finite(d, "")
     kwargs = {name: _section(cls, d.get(name), name) for name, cls in _SECTIONS.items()}
     cfg = Config(data=DataConfig.from_dict(d.get("data")), **kwargs)
     validate(cfg)
@@ -209,8 +232,35 @@ def apply_overrides(d: dict, overrides: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ValueError(f"--set {key}: {part!r} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ValueError(f"--set {key}: value {raw!r} is not valid YAML ({_yaml_problem(e)})") from None
     return d
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    problem = getattr(e, "problem", None) or str(e).strip().splitlines()[0]
+    context = getattr(e, "context", None)
+    return f"{context}, {problem}" if context else str(problem)
+
+
+def read_yaml(path: str | Path, what: str = "--config") -> Any:
+    """Parse a YAML file; malformed YAML, unreadable or non-UTF-8 files are one-line
+    ValueErrors naming the file (and line:column)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{what}: {str(p)!r} is not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise ValueError(f"{what}: cannot read {str(p)!r} ({e.strerror or e})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(p)
+        raise ValueError(f"{where}: invalid YAML: {_yaml_problem(e)}") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -220,7 +270,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         p = Path(path)
         if not p.is_file():
             raise ValueError(f"--config: no such file {str(p)!r}")
-        d = yaml.safe_load(p.read_text()) or {}
+        d = read_yaml(p) or {}
         if not isinstance(d, dict):
             raise ValueError(f"--config: {str(p)!r} must hold a mapping of sections")
     return from_dict(apply_overrides(d, overrides or []))
