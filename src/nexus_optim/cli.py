@@ -1,7 +1,7 @@
 """``nexus`` command line: thin wrappers over the library.
 
     nexus data prepare [--config C] [--set k=v ...]
-    nexus train [--config C] [--set k=v ...] [--resume]
+    nexus train [--config C] [--set k=v ...] [--resume | --resume-or-start | --overwrite]
     nexus demo [--out runs/demo] [--steps N] [--seeds 0 1]
     nexus toy [--out DIR] [--seed S]
     nexus study [--out runs/study] [--workers N] [--steps S]
@@ -9,8 +9,13 @@
     nexus geometry closeness CKPT [--steps N]       (writes RUN/geometry.json)
     nexus compare RUN_DIR... --out DIR [--metric val/id] [--target-loss X]
     nexus eval CKPT [--out F.json] [--max-tokens N] [--tasks gsm,arith,mc,code --limit N]
+                    [--data-dir DIR | --prepare-data]
     nexus eval [CKPT] --write-lm-eval-data DIR    (jsonl + task YAMLs for lm_eval --include_path)
-    nexus export CKPT OUT                         (HF model dir for lm_eval --model hf)
+    nexus export CKPT OUT [--data-dir DIR]        (HF model dir for lm_eval --model hf)
+
+eval/export read only a checkpoint's weights, its config and the run's own prepared data
+(or --data-dir); never optimizer.pt or trainer.pt, and nothing is built from a checkpoint's
+config.yaml unless --prepare-data says so (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -42,7 +47,8 @@ def cmd_train(args) -> int:
     from nexus_optim.train.loop import train
 
     cfg = load_config(args.config, args.overrides)
-    result = train(cfg, resume=args.resume)
+    resume = "or-start" if args.resume_or_start else args.resume
+    result = train(cfg, resume=resume, overwrite=args.overwrite)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -128,7 +134,8 @@ def cmd_eval(args) -> int:
         if args.ckpt:
             from nexus_optim.train.artifacts import load_trained
 
-            _, cfg, prepared, _ = load_trained(args.ckpt)
+            _, cfg, prepared, _ = load_trained(args.ckpt, data_dir=args.data_dir,
+                                               prepare=args.prepare_data)
             tokenizer, max_length = prepared.tokenizer(), cfg.model.seq_len
         default = "arith,gsm,mc" if args.ckpt else "arith,gsm"  # mc is built from a run's data
         tasks = [t.strip() for t in (args.tasks or default).split(",") if t.strip()]
@@ -145,7 +152,8 @@ def cmd_eval(args) -> int:
                                  limit=args.limit, max_tokens=args.max_tokens,
                                  batch_size=args.batch_size, device=args.device, seed=args.seed,
                                  progress=not args.no_progress, log_samples=args.log_samples,
-                                 options=options)
+                                 options=options, data_dir=args.data_dir,
+                                 prepare=args.prepare_data)
     text = json.dumps(result, indent=1, default=str)
     if args.out:
         from pathlib import Path
@@ -169,7 +177,7 @@ def cmd_eval(args) -> int:
 def cmd_export(args) -> int:
     from nexus_optim.eval.export import export_checkpoint
 
-    out = export_checkpoint(args.ckpt, args.out)
+    out = export_checkpoint(args.ckpt, args.out, data_dir=args.data_dir, prepare=args.prepare_data)
     print(f"wrote {out} (load with AutoModelForCausalLM / lm_eval --model hf "
           f"--model_args pretrained={out})", file=sys.stderr)
     return 0
@@ -188,7 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train one run")
     _config_args(tr)
-    tr.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    start = tr.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true",
+                       help="continue from the newest complete checkpoint in train.out_dir "
+                            "(an error if there is none); the config may change only run "
+                            "length and cadence keys")
+    start.add_argument("--resume-or-start", action="store_true",
+                       help="as --resume if train.out_dir has a checkpoint, else start a new run")
+    start.add_argument("--overwrite", action="store_true",
+                       help="delete the run already in train.out_dir, then start a new one")
     tr.set_defaults(func=cmd_train)
 
     demo = sub.add_parser("demo", help="AdamW vs Nexus on the nano preset, report with plots")
@@ -264,6 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="checkpoint -> Hugging Face model directory")
     ex.add_argument("ckpt", help="checkpoint dir or run dir (latest checkpoint)")
     ex.add_argument("out", help="output directory")
+    for p in (ev, ex):
+        p.add_argument("--data-dir", default=None, metavar="DIR",
+                       help="the data cache to read the run's prepared tokenizer and shards "
+                            "from (default: the cache the run recorded); nothing is built")
+        p.add_argument("--prepare-data", action="store_true",
+                       help="build (or reuse) the data from the checkpoint's config.yaml "
+                            "(into --data-dir if given): runs its sources, reading the files "
+                            "and downloading the packages it names; only for runs you trust")
     ex.set_defaults(func=cmd_export)
     return parser
 

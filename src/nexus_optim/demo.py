@@ -45,8 +45,7 @@ def run_demo(out: str | Path = "runs/demo", steps: int | None = None, seeds=(0, 
             if _finished(run_dir, cfg.train.steps):
                 print(f"[demo] {run_dir} is complete; reusing it")
                 continue
-            resume = (run_dir / "checkpoints").is_dir()
-            Trainer(cfg, resume=resume).run()
+            Trainer(cfg, resume="or-start").run()
     result = compare_runs([str(d) for d in run_dirs], str(out))
     print(f"[demo] report: {out / 'report.md'}")
     return result

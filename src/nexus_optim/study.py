@@ -76,8 +76,7 @@ class Study:
             cmd += ["--config", self.config]
         for s in [*self.base, *sets, f"train.out_dir={run_dir}"]:
             cmd += ["--set", s]
-        if (run_dir / "checkpoints").is_dir():
-            cmd.append("--resume")
+        cmd.append("--resume-or-start")  # continue an interrupted run, else start it
         return cmd
 
     def _train_one(self, item: tuple[str, list[str]]) -> tuple[str, int]:

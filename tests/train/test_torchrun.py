@@ -91,8 +91,8 @@ def cfg_file(tiny_config, tmp_path) -> Path:
 @pytest.mark.parametrize("mode, restart", [("local", "relaunch"), ("sync", "torchrun")])
 def test_torchrun_kill_and_resume_is_bitwise(cfg_file, tmp_path, mode, restart):
     """``relaunch``: the killed torchrun fails; a second ``torchrun ... --resume``
-    continues. ``torchrun``: ``--max_restarts 1`` and ``--resume`` from the start, so
-    torchrun itself restarts the workers, which resume (the hook kills only in the
+    continues. ``torchrun``: ``--max_restarts 1`` and ``--resume-or-start`` from the
+    start, so torchrun itself restarts the workers, which resume (the hook kills only in the
     first attempt)."""
     full, part = tmp_path / "full", tmp_path / "part"
     rc, log = _torchrun(cfg_file, full, mode)
@@ -106,7 +106,7 @@ def test_torchrun_kill_and_resume_is_bitwise(cfg_file, tmp_path, mode, restart):
     checks = [r["dist/replica_mismatches"] for r in read_metrics(full)
               if "dist/replica_mismatches" in r]
     assert checks == [0] * (STEPS // CKPT_EVERY)
-    trainer_pt = torch.load(full / "checkpoints/step_000006/trainer.pt", weights_only=False)
+    trainer_pt = torch.load(full / "checkpoints/step_000006/trainer.pt", weights_only=True)
     assert trainer_pt["world_size"] == 2 and len(trainer_pt["ranks"]) == 2
     seeds = [r["sampler"]["seed"] for r in trainer_pt["ranks"]]
     assert seeds[0] != seeds[1]  # each rank draws its own micro-batches
@@ -125,7 +125,7 @@ def test_torchrun_kill_and_resume_is_bitwise(cfg_file, tmp_path, mode, restart):
         # a restart reusing the rendezvous TCPStore can read the previous attempt's
         # gloo addresses and fail to connect or hang (torch 2.13; docs/distributed.md)
         kill["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
-        rc, log = _torchrun(cfg_file, part, mode, "--resume", env=kill,
+        rc, log = _torchrun(cfg_file, part, mode, "--resume-or-start", env=kill,
                             launcher=("--max_restarts", "1"))
         assert "exitcode: -9" in log, log[-6000:]  # rank 1 was killed, then restarted
     assert rc == 0, log[-6000:]
@@ -135,8 +135,8 @@ def test_torchrun_kill_and_resume_is_bitwise(cfg_file, tmp_path, mode, restart):
     wa = load_file(str(full / "checkpoints/step_000006/model.safetensors"))
     wb = load_file(str(part / "checkpoints/step_000006/model.safetensors"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-    oa = torch.load(full / "checkpoints/step_000006/optimizer.pt", weights_only=False)
-    ob = torch.load(part / "checkpoints/step_000006/optimizer.pt", weights_only=False)
+    oa = torch.load(full / "checkpoints/step_000006/optimizer.pt", weights_only=True)
+    ob = torch.load(part / "checkpoints/step_000006/optimizer.pt", weights_only=True)
     ma, mb = oa["optimizer"]["state"], ob["optimizer"]["state"]
     assert ma.keys() == mb.keys()
     assert all(torch.equal(ma[i][k], mb[i][k]) for i in ma for k in ("exp_avg", "exp_avg_sq"))

@@ -25,9 +25,9 @@ def test_loss_decreases_for_each_optimizer(tiny_config, name):
     assert {"val/prose", "val/math", "val/code", "val/id", "val/ood"} <= set(result)
 
 
-def test_same_seed_same_data_order_across_optimizers(tiny_config):
-    a = Trainer(from_dict(tiny_config(**{"optim.name": "adamw"})))
-    b = Trainer(from_dict(tiny_config(**{"optim.name": "nexus"})))
+def test_same_seed_same_data_order_across_optimizers(tiny_config, tmp_path):
+    a = Trainer(from_dict(tiny_config(**{"optim.name": "adamw", "train.out_dir": str(tmp_path / "a")})))
+    b = Trainer(from_dict(tiny_config(**{"optim.name": "nexus", "train.out_dir": str(tmp_path / "b")})))
     for _ in range(6):
         x, y = a.sampler.next(), b.sampler.next()
         assert x.source == y.source and torch.equal(x.input_ids, y.input_ids)

@@ -47,11 +47,15 @@ def export_hf(model, tokenizer, out_dir: str | Path, max_length: int | None = No
     return out
 
 
-def export_checkpoint(path: str | Path, out_dir: str | Path) -> Path:
-    """`export_hf` of a checkpoint directory or a run directory's latest checkpoint."""
+def export_checkpoint(path: str | Path, out_dir: str | Path, data_dir: str | Path | None = None,
+                      prepare: bool = False) -> Path:
+    """`export_hf` of a checkpoint directory or a run directory's newest usable checkpoint
+    (weights, config and the run's tokenizer only; ``data_dir`` / ``prepare`` as for
+    `train.artifacts.load_trained`)."""
     from nexus_optim.train.artifacts import load_trained, resolve_checkpoint
 
-    model, cfg, prepared, state = load_trained(path)
-    meta = {"checkpoint": str(resolve_checkpoint(path).resolve()), "step": state.get("step"),
+    ckpt = resolve_checkpoint(path)
+    model, cfg, prepared, state = load_trained(ckpt, data_dir=data_dir, prepare=prepare)
+    meta = {"checkpoint": str(ckpt.resolve()), "step": state.get("step"),
             "tokens": state.get("tokens"), "preset": cfg.model.preset, "seq_len": cfg.model.seq_len}
     return export_hf(model.float(), prepared.tokenizer(), out_dir, max_length=cfg.model.seq_len, meta=meta)

@@ -19,11 +19,15 @@ def pick_device(name: str) -> torch.device:
 def evaluate_checkpoint(path: str | Path, losses: bool = True, tasks=(), limit: int | None = None,
                         max_tokens: int | None = None, batch_size: int | None = None,
                         device: str = "auto", seed: int = 0, progress: bool = True,
-                        log_samples: bool = False, options: dict | None = None) -> dict:
-    """Load a checkpoint (or a run dir's latest) and evaluate it.
+                        log_samples: bool = False, options: dict | None = None,
+                        data_dir: str | Path | None = None, prepare: bool = False) -> dict:
+    """Load a checkpoint (or a run dir's newest usable one) and evaluate it.
 
     ``losses``: `evaluate_losses` over every source's val split (``max_tokens`` per source,
     default all). ``tasks``: names from `nexus_optim.eval.tasks.TASKS` (``limit`` items each).
+    Data: the run's own prepared data, or the same files under ``data_dir``; built from
+    the checkpoint's config only with ``prepare`` (`train.artifacts.load_trained`). Only
+    the weights, config and metadata of the checkpoint are read, never its pickles.
     """
     from nexus_optim.eval.losses import evaluate_losses
     from nexus_optim.eval.tasks import TaskContext, parse_tasks, run_tasks
@@ -32,7 +36,7 @@ def evaluate_checkpoint(path: str | Path, losses: bool = True, tasks=(), limit: 
     tasks = parse_tasks(tasks) if tasks else []
     dev = pick_device(device)
     ckpt = resolve_checkpoint(path)
-    model, cfg, prepared, state = load_trained(ckpt, device=dev)
+    model, cfg, prepared, state = load_trained(ckpt, device=dev, data_dir=data_dir, prepare=prepare)
     tokenizer = prepared.tokenizer()
     bf16 = cfg.train.bf16
     bs = batch_size or cfg.train.eval_batch_size
@@ -46,7 +50,7 @@ def evaluate_checkpoint(path: str | Path, losses: bool = True, tasks=(), limit: 
         result["losses"]["seconds"] = round(time.time() - t0, 2)
     if tasks:
         ctx = TaskContext(model=model, tokenizer=tokenizer, prepared=prepared,
-                          data_dir=cfg.data.data_dir, batch_size=bs, max_length=cfg.model.seq_len,
+                          data_dir=prepared.data_dir or None, batch_size=bs, max_length=cfg.model.seq_len,
                           seed=seed, bf16=bf16, progress=progress, log_samples=log_samples,
                           options=options or {})
         result["tasks"] = run_tasks(tasks, ctx, limit)

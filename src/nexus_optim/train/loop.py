@@ -19,10 +19,16 @@ K-th), Nexus ``train.inner_sync`` "sync" (DDP reduces every backward) or "local"
 (``no_sync`` always; Nexus averages G). Rank 0 alone evaluates, logs, checkpoints and
 exports (the others wait in a barrier); tokens count all ranks; the checkpoint holds
 every rank's sampler and RNG state.
+
+The run directory (``train/rundir.py``, docs/reliability.md): rank 0 locks it for the
+run's lifetime and decides how the run starts (new / overwrite / resume /
+resume-or-start); a resumed run must keep its optimizer, model, data and tokens per step.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 import signal
@@ -40,13 +46,14 @@ from nexus_optim.eval.losses import autocast_for, evaluate_sources
 from nexus_optim.models.presets import build_model, count_params
 from nexus_optim.optim import Nexus
 from nexus_optim.optim.distributed import backward_context, ddp_kwargs
-from nexus_optim.train.checkpoint import (latest_checkpoint, load_checkpoint, rng_state,
+from nexus_optim.train.checkpoint import (CheckpointError, load_checkpoint, rng_state,
                                           save_checkpoint, set_rng_state)
 from nexus_optim.train.config import Config, save_config
 from nexus_optim.train.distributed import replica_mismatches, setup_distributed
 from nexus_optim.train.logging import MetricsLogger
 from nexus_optim.train.optimizers import build_optimizer
 from nexus_optim.train.run_info import run_meta
+from nexus_optim.train.rundir import open_run_dir
 from nexus_optim.train.schedules import build_scheduler
 
 
@@ -69,15 +76,54 @@ def build_sampler(cfg: Config, prepared, rank: int = 0, world: int = 1) -> Mixtu
                           shuffle_sources=cfg.train.shuffle_sources, seed=seed)
 
 
-class Trainer:
-    """Holds the run's objects; ``run()`` trains to ``train.steps`` outer steps."""
+def start_mode(resume: bool | str = False, overwrite: bool = False) -> str:
+    """``Trainer``'s (resume, overwrite) as a `rundir.open_run_dir` mode."""
+    if overwrite:
+        if resume:
+            raise ValueError("--overwrite and --resume exclude each other")
+        return "overwrite"
+    if resume in ("or-start", "resume-or-start", "auto"):
+        return "resume-or-start"
+    if isinstance(resume, bool):
+        return "resume" if resume else "new"
+    raise ValueError(f"resume: {resume!r} is not one of False, True, 'or-start'")
 
-    def __init__(self, cfg: Config, resume: bool = False):
+
+class Trainer:
+    """Holds the run's objects; ``run()`` trains to ``train.steps`` outer steps.
+
+    ``resume``: False (a new run: ``train.out_dir`` must not hold one), True (continue
+    from the newest complete checkpoint; none is an error) or ``"or-start"`` (continue if
+    there is a checkpoint, else start). ``overwrite``: delete the run in ``out_dir`` first.
+    """
+
+    def __init__(self, cfg: Config, resume: bool | str = False, overwrite: bool = False):
         self.cfg = cfg
         t = cfg.train
         self.out = Path(t.out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
+        mode = start_mode(resume, overwrite)
         self.dist, self.device = setup_distributed(pick_device(t.device))
+        rank, world, main = self.dist.rank, self.dist.world, self.dist.is_main
+        # rank 0 locks and checks the run directory; every rank gets its verdict
+        self.lock, verdict = None, None
+        if main:
+            try:
+                self.lock, resume_from = open_run_dir(self.out, cfg, mode)
+                verdict = ("ok", str(resume_from) if resume_from else None)
+            except ValueError as e:
+                verdict = ("error", str(e))
+        verdict = self.dist.broadcast_object(verdict)
+        if verdict[0] == "error":
+            raise ValueError(verdict[1])
+        resume_from = Path(verdict[1]) if verdict[1] else None
+        try:
+            self._setup(resume_from)
+        except BaseException:
+            self.release()  # e.g. a checkpoint refused by _restore: the directory is free again
+            raise
+
+    def _setup(self, resume_from: Path | None) -> None:
+        cfg, t = self.cfg, self.cfg.train
         rank, world, main = self.dist.rank, self.dist.world, self.dist.is_main
         # backward_context mode: "none" (one process), "accumulate" (AdamW), or
         # train.inner_sync (Nexus, Fish, random-control)
@@ -103,8 +149,6 @@ class Trainer:
                                          cfg.schedule.decay_fraction)
         self.sampler = build_sampler(cfg, self.prepared, rank, world)
         self.step, self.tokens = 0, 0
-        resume_from = latest_checkpoint(self.out / "checkpoints") if resume else None
-        resume_from = self.dist.broadcast_object(resume_from)  # rank 0 picks, all load it
         if resume_from is not None:  # every rank, into the plain module, before DDP
             self._restore(resume_from)
         self.ddp = None  # the DDP wrapper (WORLD_SIZE > 1); self.model stays the plain module
@@ -117,10 +161,13 @@ class Trainer:
         net = self.ddp if self.ddp is not None else self.model
         self.forward = torch.compile(net) if cfg.model.compile else net
         self.logger = MetricsLogger(self.out, enabled=main,
-                                    resume_step=self.step if resume else None)
+                                    resume_step=self.step if resume_from else None)
         self.meta = {}
+        # the run's own prepared data, which `nexus eval` reads (never the config's sources)
+        self.prepared_json = json.dumps(dataclasses.asdict(self.prepared), indent=1, sort_keys=True)
         if main:
             save_config(cfg, self.out / "config.yaml")
+            _write_atomic(self.out / "prepared.json", self.prepared_json)
             extra = {"world_size": world, "inner_sync": self.sync_mode} if world > 1 else {}
             self.meta = run_meta(t.seed, {"n_params": self.n_params, "device": str(self.device),
                                           "resumed_from": str(resume_from) if resume_from else None,
@@ -195,24 +242,33 @@ class Trainer:
                                    trainer_state,
                                    yaml.safe_dump(self.cfg.to_dict(), sort_keys=False),
                                    {**self.meta, "step": self.step, "tokens": self.tokens},
-                                   keep=self.cfg.train.keep_checkpoints)
+                                   keep=self.cfg.train.keep_checkpoints,
+                                   extra_files={"prepared.json": self.prepared_json})
         self.dist.barrier()
         return path
 
     def _restore(self, path: Path) -> None:
-        opt_state, trainer_state = load_checkpoint(path, self.model)
+        # rank 0 verified its checksums in open_run_dir; weights_only loading either way
+        opt_state, trainer_state = load_checkpoint(path, self.model, verify=False)
         saved_world = trainer_state.get("world_size", 1)
         if saved_world != self.dist.world:
             raise ValueError(
                 f"--resume: checkpoint {str(path)!r} was written by {saved_world} process(es), "
                 f"this run has {self.dist.world}; resume with the same number of processes "
                 "(torchrun --nnodes x --nproc_per_node)")
-        mine = trainer_state["ranks"][self.dist.rank] if self.dist.enabled else trainer_state
-        self.optimizer.load_state_dict(opt_state["optimizer"])
-        self.scheduler.load_state_dict(opt_state["scheduler"])
-        self.sampler.load_state_dict(mine["sampler"])
-        set_rng_state(mine["rng"])
-        self.step, self.tokens = trainer_state["step"], trainer_state["tokens"]
+        where = path / "optimizer.pt"
+        try:
+            self.optimizer.load_state_dict(opt_state["optimizer"])
+            self.scheduler.load_state_dict(opt_state["scheduler"])
+            where = path / "trainer.pt"
+            mine = trainer_state["ranks"][self.dist.rank] if self.dist.enabled else trainer_state
+            self.sampler.load_state_dict(mine["sampler"])
+            set_rng_state(mine["rng"])
+            self.step, self.tokens = int(trainer_state["step"]), int(trainer_state["tokens"])
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+            msg = " ".join(str(e).split())[:300]
+            raise CheckpointError(f"--resume: {str(where)!r} does not fit this run "
+                                  f"({type(e).__name__}: {msg})") from None
 
     def export_hf(self, out_dir: str | Path | None = None) -> Path:
         """``save_pretrained`` + tokenizer (EOS-prefixing, as in training), loadable with
@@ -226,7 +282,20 @@ class Trainer:
     # ----------------------------------------------------------------------------- run
     def run(self, until: int | None = None) -> dict:
         """Train to ``train.steps`` (or stop early after outer step ``until``, as an
-        interruption would: no final export)."""
+        interruption would: no final export). Releases the run-directory lock at the end."""
+        if self.dist.is_main and self.lock is not None and not self.lock.held:
+            self.lock.acquire()  # run() again after a previous run() released it
+        try:
+            return self._run(until)
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Release the run-directory lock (rank 0); ``run()`` and ``close()`` do."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def _run(self, until: int | None) -> dict:
         from tqdm.auto import tqdm
 
         t = self.cfg.train
@@ -292,17 +361,25 @@ class Trainer:
                           "the checkpoint holds rank 0's copy", RuntimeWarning, stacklevel=2)
 
     def close(self) -> None:
-        """Destroy the process group if this trainer created it (torchrun)."""
+        """Release the run lock; destroy the process group if this trainer created it."""
+        self.release()
         self.dist.close()
 
 
-def train(cfg: Config, resume: bool = False) -> dict:
-    """Train (or resume from the latest checkpoint in ``train.out_dir``); under
-    torchrun, on every rank, destroying the process group at the end."""
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def train(cfg: Config, resume: bool | str = False, overwrite: bool = False) -> dict:
+    """Train a new run, or resume from the newest complete checkpoint in
+    ``train.out_dir`` (see `Trainer` for ``resume`` / ``overwrite``); under torchrun, on
+    every rank, destroying the process group at the end."""
     had_group = dist.is_available() and dist.is_initialized()
     trainer = None
     try:
-        trainer = Trainer(cfg, resume=resume)
+        trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
         return trainer.run()
     finally:
         if trainer is not None:
