@@ -34,7 +34,7 @@ from pathlib import Path
 import yaml
 
 from nexus_optim.train.checkpoint import (RESUME_FILES, CheckpointError, clean_stale_tmp,
-                                          find_checkpoint, list_checkpoints)
+                                          find_checkpoint)
 
 LOCK_NAME = ".nexus-train.lock"
 #: what a run writes into its directory (``--overwrite`` deletes exactly these)
@@ -255,6 +255,10 @@ def open_run_dir(out_dir: str | Path, cfg, mode: str = "new") -> tuple[RunLock, 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"train.out_dir: {str(out)!r} exists and is not a directory")
+    if mode == "resume" and not out.is_dir():  # a typo in out_dir: create nothing
+        raise ValueError(f"--resume: train.out_dir {str(out)!r} does not exist (nothing to "
+                         "resume; check the path); pass --resume-or-start to start a new run "
+                         "when there is none")
     lock = RunLock(out).acquire()
     try:
         return lock, _open_locked(out, cfg, mode)
@@ -299,7 +303,3 @@ def _open_locked(out: Path, cfg, mode: str) -> Path | None:
                           f"{ckpt.name!r}", RuntimeWarning, stacklevel=3)
     return ckpt
 
-
-def newest_step(out_dir: str | Path) -> int | None:
-    ckpts = list_checkpoints(Path(out_dir) / "checkpoints")
-    return int(ckpts[-1].name.split("_")[1]) if ckpts else None
