@@ -539,8 +539,6 @@ def _save_manifest(data: PreparedData, path: Path) -> None:
             return
     except OSError:
         pass
-    try:
-        data.save(path)
-    except OSError:
-        if _writable(path.parent):
-            raise
+    if not _writable(path.parent):
+        return
+    data.save(path)

@@ -44,6 +44,8 @@ def digest_problem(path: str | os.PathLike, expected: dict | None) -> str | None
         return "no recorded checksum"
     try:
         size = os.path.getsize(path)
+    except FileNotFoundError:
+        return "missing"
     except OSError as e:
         return f"unreadable ({e.strerror or e})"
     if size != expected["size"]:
@@ -66,11 +68,11 @@ def shard_problem(path: str | os.PathLike, tokens: int, dtype: np.dtype, vocab_s
         return f"size {size} bytes, expected {tokens * dtype.itemsize} ({tokens} {dtype.name} tokens)"
     if tokens:
         arr = np.memmap(path, dtype=dtype, mode="r")
-        if int(arr[-1]) != eos_id:
-            return "does not end with EOS"
         top = int(arr.max())
         if top >= vocab_size:
             return f"holds token id {top} >= vocab size {vocab_size}"
+        if int(arr[-1]) != eos_id:
+            return "does not end with EOS"
     return None
 
 
