@@ -1,4 +1,6 @@
-"""transformers.Trainer accepts Nexus via optimizers=(opt, scheduler) (test 7)."""
+"""Plain transformers.Trainer with Nexus via optimizers=(opt, scheduler): the supported
+plain-Trainer setting is gradient_accumulation_steps=1, max_grad_norm=0 (Nexus clips G),
+schedule in micro-batches. NexusTrainer (tests/integrations) is the first-class path."""
 
 import torch
 
@@ -28,11 +30,12 @@ def test_trainer_trains_tiny_llama_with_nexus(tmp_path):
                         hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         num_key_value_heads=2, intermediate_size=64)
     K, steps = 2, 40
-    opt = Nexus(model.parameters(), lr=3e-3, inner_lr=0.05, inner_steps=K, weight_decay=0.0)
+    opt = Nexus(model.parameters(), lr=3e-3, inner_lr=0.05, inner_steps=K, weight_decay=0.0,
+                max_grad_norm=1.0)
     # the Trainer steps the scheduler once per micro-batch (= per Nexus.step call)
     sched = get_cosine_schedule_with_warmup(opt, num_warmup_steps=2, num_training_steps=steps)
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=8,
-                             logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
+                             max_grad_norm=0.0, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
                              seed=0, disable_tqdm=True, dataloader_num_workers=0)
     trainer = Trainer(model=model, args=args, train_dataset=_Repeating(), optimizers=(opt, sched))
     trainer.train()
