@@ -3,23 +3,20 @@
 Each problem is a prompt (signature + docstring, sometimes the start of the body), a reference
 completion and a few ``assert`` lines. The greedy completion is cut where the function ends
 (the first non-blank line that is not indented), and ``prompt + completion + tests`` runs in a
-fresh ``python -I`` process in a temporary directory, with a wall-clock timeout (the whole
-process group is killed), CPU-time, memory and file-size limits. Never in-process.
+fresh ``python -I`` process, sandboxed by ``sandbox.run_python``: a private temp dir, no
+network, no new processes, writes confined to that dir, CPU / memory / file-size limits, output
+to files, and a wall-clock timeout that kills everything the program started. Never in-process.
 pass@1 = fraction of problems whose program exits with status 0.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from nexus_optim.eval.tasks.base import TaskContext
+from nexus_optim.eval.tasks.sandbox import run_python
 
 STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\nassert ", "\n#")
 
@@ -109,56 +106,19 @@ class CheckResult:
     stderr: str  # the last 500 characters
 
 
-_BOOT = (
-    "import resource, runpy, sys\n"
-    "def _lim(r, v):\n"
-    "    try:\n"
-    "        resource.setrlimit(r, (v, v))\n"
-    "    except (ValueError, OSError):\n"
-    "        pass\n"
-    "_lim(resource.RLIMIT_CPU, {cpu})\n"
-    "_lim(resource.RLIMIT_AS, {mem})\n"
-    "_lim(resource.RLIMIT_FSIZE, {fsize})\n"
-    "sys.argv = ['program.py']\n"
-    "runpy.run_path('program.py', run_name='__main__')\n"
-)
-
-
 def check_program(program: str, timeout: float = 5.0, memory_mb: int = 1024) -> CheckResult:
-    """Run ``program`` in a fresh, isolated interpreter (``python -I``) in a temp dir.
+    """Run ``program`` in the sandbox (``sandbox.run_python``: fresh ``python -I`` in a private
+    temp dir, no network, no new processes, writes confined to that dir, output to files).
 
     Passed iff it exits with status 0 within ``timeout`` seconds of wall time; on timeout the
-    whole process group is killed.
+    whole process group (and, with namespaces, every process the program left) is killed, and
+    this returns within ``timeout + sandbox.KILL_MARGIN`` seconds.
     """
-    boot = _BOOT.format(cpu=max(1, int(timeout) + 1), mem=memory_mb * 2**20, fsize=16 * 2**20)
-    with tempfile.TemporaryDirectory(prefix="nexus-code-") as tmp:
-        with open(os.path.join(tmp, "program.py"), "w", encoding="utf-8") as f:
-            f.write(program)
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": tmp, "TMPDIR": tmp,
-               "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
-        proc = subprocess.Popen([sys.executable, "-I", "-c", boot], cwd=tmp, env=env,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, start_new_session=True)
-        try:
-            _, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            _, err = proc.communicate()
-            return CheckResult(False, "timeout", None, err.decode("utf-8", "replace")[-500:])
-        finally:
-            if proc.poll() is None:
-                _kill_group(proc)
-                proc.wait()
-        rc = proc.returncode
-        return CheckResult(rc == 0, "passed" if rc == 0 else "failed", rc,
-                           err.decode("utf-8", "replace")[-500:])
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        proc.kill()
+    r = run_python(program, timeout=timeout, memory_mb=memory_mb)
+    if r.status == "timeout":
+        return CheckResult(False, "timeout", None, r.stderr[-500:])
+    rc = r.returncode
+    return CheckResult(rc == 0, "passed" if rc == 0 else "failed", rc, r.stderr[-500:])
 
 
 def truncate_body(completion: str, at_line_start: bool = False) -> str:
