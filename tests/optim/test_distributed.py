@@ -413,7 +413,7 @@ def _scenario_resume_load(rank, world, res, out: Path):
     m.load_state_dict(ck["model"])
     opt = _nexus(m.parameters(), inner_sync="sync")
     opt.load_state_dict(ck["opt"])
-    anchor = next(iter(opt.state.values()))["anchor"]
+    anchor = next(iter(opt.state.values()))["nexus_anchor"]
     res["fsdp_anchor_is_dtensor"] = D.is_dtensor(anchor)
     _train_fsdp(m, opt, rank, REST)
     res["fsdp_resume_mid"] = _maxdiff(_params(m), torch.load(out / f"fsdp_final_rank{rank}.pt"))

@@ -35,7 +35,7 @@ SCRIPT = textwrap.dedent(
         if phase == "save":
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
                         "sched": sched.state_dict(), "i": n}, path)
-        anchors = [str(s["anchor"].dtype) for s in opt.state.values()]
+        anchors = [str(s["nexus_anchor"].dtype) for s in opt.state.values()]
         return {"w": [p.detach().float().flatten().tolist() for p in model.parameters()],
                 "anchors": anchors, "inner_step": opt.inner_step,
                 "outer_steps": opt.outer_steps}

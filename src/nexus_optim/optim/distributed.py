@@ -105,20 +105,20 @@ def resolve_inner_sync(inner_sync: str | None, params: Iterable[Tensor] = (), gr
 
 
 # ------------------------------------------------------------------------- norms
-def grad_norms(grads: list[Tensor]) -> tuple[list[Tensor], float]:
-    """Per-tensor L2 norms (fp32, plain tensors) and the global norm, as a float.
+def grad_norms(grads: list[Tensor]) -> tuple[list[Tensor], Tensor]:
+    """Per-tensor L2 norms (fp32, plain tensors) and the global norm (0-dim tensor).
 
-    For DTensor gradients (FSDP2) these are norms of the FULL tensors, not of the
-    local shards: ``torch._foreach_norm`` on DTensors returns partial norms
-    (placement ``_NormPartial``); the partials are stacked per (mesh, placements)
-    and reduced by ``full_tensor()``: one all-reduce of a vector of norms per
-    distinct sharding (one for FSDP2), whatever the number of parameters.
+    Nothing is read on the host. For DTensor gradients (FSDP2) these are norms of
+    the FULL tensors, not of the local shards: ``torch._foreach_norm`` on DTensors
+    returns partial norms (placement ``_NormPartial``); the partials are stacked per
+    (mesh, placements) and reduced by ``full_tensor()``: one all-reduce of a vector
+    of norms per distinct sharding (one for FSDP2), whatever the number of parameters.
     Plain tensors: exactly ``functional.tensor_norms`` / ``global_norm``.
     """
     cls = _dtensor_type()
     if cls is None or not any(isinstance(g, cls) for g in grads):
         norms = F.tensor_norms(grads)
-        return norms, float(F.global_norm(grads, norms))
+        return norms, F.global_norm(grads, norms)
     norms: list[Tensor | None] = [None] * len(grads)
     plain = [i for i, g in enumerate(grads) if not isinstance(g, cls)]
     for i, n in zip(plain, F.tensor_norms([grads[i] for i in plain])):
@@ -128,41 +128,43 @@ def grad_norms(grads: list[Tensor]) -> tuple[list[Tensor], float]:
         if isinstance(g, cls):
             by_sharding.setdefault((g.device_mesh, tuple(g.placements)), []).append(i)
     for idx in by_sharding.values():
-        dtype = torch.float64 if any(grads[i].dtype == torch.float64 for i in idx) else torch.float32
-        partial = torch._foreach_norm([grads[i] for i in idx], 2.0, dtype=dtype)
+        partial = torch._foreach_norm([grads[i] for i in idx], 2.0,
+                                      dtype=F.norm_dtype([grads[i] for i in idx]))
         full = torch.stack(partial).full_tensor()  # one collective for the group
         for i, n in zip(idx, full.unbind()):
             norms[i] = n
     device = norms[0].device
     total = torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]), 2.0)
-    return norms, float(total)  # type: ignore[return-value]
+    return norms, total  # type: ignore[return-value]
 
 
-def random_directions(like: list[Tensor], generator: torch.Generator, eps: float) -> list[Tensor]:
-    """``functional.random_directions`` for parameters that may be DTensors.
+def random_direction(like: list[Tensor], generator: torch.Generator) -> tuple[list[Tensor], Tensor]:
+    """One Gaussian vector u over ALL of ``like`` (one draw, whatever the number of
+    tensors or parameter groups) and its full norm ||u||: (local views, norm).
 
-    Sharded parameters get the local shard of the direction the unsharded run would
-    draw (same seed, same global shapes), so FSDP2 and one process take the same
-    random moves. This draws the full vector on every rank (P floats per call): fine
-    for a control run, not free.
+    Sharded parameters (DTensor) get the local shard of the vector the unsharded run
+    would draw (same seed, same global shapes), so FSDP2 and one process take the same
+    random moves, and the norm is that of the full vector. This draws the full vector
+    on every rank (P floats per call): fine for a control run, not free.
     """
     cls = _dtensor_type()
     if cls is None or not any(isinstance(t, cls) for t in like):
-        return F.random_directions(like, generator, eps)
+        dirs = F.random_direction(like, generator)
+        return dirs, F.global_norm(dirs)
     from torch.distributed.tensor import distribute_tensor
 
     device = to_local(like)[0].device
     shapes = [t.shape for t in like]
-    total = sum(math.prod(s) for s in shapes)
-    flat = torch.randn(total, generator=generator, device=device, dtype=torch.float32)
-    flat.div_(torch.linalg.vector_norm(flat) + eps)
+    flat = torch.randn(sum(math.prod(s) for s in shapes), generator=generator, device=device,
+                       dtype=torch.float32)
+    norm = torch.linalg.vector_norm(flat)
     out = []
     for v, t in zip(flat.split([math.prod(s) for s in shapes]), like):
         v = v.view(t.shape)
         if isinstance(t, cls):  # local split, no communication (src_data_rank=None)
             v = distribute_tensor(v, t.device_mesh, t.placements, src_data_rank=None).to_local()
         out.append(v)
-    return out
+    return out, norm
 
 
 # ------------------------------------------------------------- bucketed all-reduce
