@@ -30,6 +30,16 @@ at the same fraction. ``tokens`` at the crossing is the tokens-to-target.
 Equal tokens: all metrics at the smallest final token count over runs (the end of
 training when all runs are equally long).
 
+Refused (a one-line ValueError): the same run directory given twice (or two directories with
+the same config and identical metrics, i.e. a copy), and runs on different data: a different
+tokenizer, vocabulary, sources, val split or data seed (from ``config.yaml``, and from the
+tokenizer and shard checksums in ``prepared.json`` when runs have one) make losses in
+nats/token incomparable; ``allow_different_data=True`` turns that into a warning. Loud
+warnings (`CompareWarning`, also listed first in the notes): different mixture weights
+(``val/id`` is then a differently weighted mean), and runs with fewer than two evals, for
+which "tokens at matched loss" means nothing: they are left out of the matched-loss table
+(the equal-token comparison keeps them).
+
 Statistics (eval/stats.py): per group mean ± sample std over seeds with n; each group
 against the baseline (the AdamW group unless ``baseline`` names another): difference of
 means, Welch 95% CI and Welch t-test. n < 2 in a group: no test, said so.
@@ -39,6 +49,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +72,11 @@ _SKIP_LEAVES = {"n", "count", "seed", "step", "tokens", "seconds", "time", "elap
                 "limit", "version", "seq_len", "fewshot", "digits", "n_choices", "chance",
                 "correct", "no_answer", "passed", "timeouts", "samples", "traceback"}
 SCORE_KEYS = ("accuracy", "acc", "acc_norm", "pass@1", "exact_match", "f1")
+PREPARED_FILE = "prepared.json"  # the run's PreparedData (tokenizer and shard checksums)
+
+
+class CompareWarning(UserWarning):
+    """Runs that can be compared, but only with a caveat (see the module docstring)."""
 
 
 # --------------------------------------------------------------------------- loading
@@ -73,6 +89,7 @@ class Run:
     geometry: dict | None = None
     label: str = ""
     extra: dict = field(default_factory=dict)  # flat numbers from geometry/downstream
+    prepared: dict | None = None  # prepared.json, when the run wrote one
 
     @property
     def seed(self) -> int:
@@ -165,12 +182,90 @@ def load_run(run_dir: str | Path) -> Run:
     if not curve:
         raise ValueError(f"compare: {str(p)!r} has no eval records in metrics.jsonl")
     run = Run(p, cfg, curve)
+    if (p / PREPARED_FILE).is_file():
+        try:
+            run.prepared = json.loads((p / PREPARED_FILE).read_text())
+        except ValueError:
+            run.prepared = None
     if (p / DOWNSTREAM_FILE).is_file():
         run.downstream = json.loads((p / DOWNSTREAM_FILE).read_text())
     if (p / GEOMETRY_FILE).is_file():
         run.geometry = json.loads((p / GEOMETRY_FILE).read_text())
     run.extra = {**geometry_numbers(run.geometry), **downstream_numbers(run.downstream)}
     return run
+
+
+# --------------------------------------------------------------------------- sanity checks
+def _data_keys(cfg: dict) -> dict[str, str]:
+    """The data settings that decide what a loss is measured on (weights and data_dir excluded)."""
+    data = dict(cfg.get("data") or {})
+    data.pop("data_dir", None)
+    sources = data.pop("sources", None)
+    out = {f"data.{k}": json.dumps(v, sort_keys=True, default=str) for k, v in data.items()}
+    if isinstance(sources, list):
+        for i, src in enumerate(sources):
+            src = dict(src) if isinstance(src, dict) else {"value": src}
+            src.pop("weight", None)
+            out[f"data.sources[{i}]"] = json.dumps(src, sort_keys=True, default=str)
+        out["data.sources"] = str(len(sources))
+    return out
+
+
+def _weights(cfg: dict) -> dict:
+    return {s.get("name"): s.get("weight", 1.0) for s in (cfg.get("data") or {}).get("sources") or []
+            if isinstance(s, dict)}
+
+
+def check_same_data(runs: list[Run]) -> list[str]:
+    """Problems that make the runs' losses incomparable (empty list: same data). Checks the
+    config's data section and, when both runs wrote a prepared.json, the tokenizer's and the
+    val shards' checksums."""
+    problems = []
+    ref = runs[0]
+    ref_keys = _data_keys(ref.cfg)
+    for r in runs[1:]:
+        keys = _data_keys(r.cfg)
+        for k in sorted(set(ref_keys) | set(keys)):
+            if ref_keys.get(k) != keys.get(k):
+                problems.append(f"{k} is {ref_keys.get(k, 'absent')} in {str(ref.path)!r} but "
+                                f"{keys.get(k, 'absent')} in {str(r.path)!r}")
+                break
+        a, b = ref.prepared or {}, r.prepared or {}
+        if a.get("tokenizer_sha256") and b.get("tokenizer_sha256"):
+            if a["tokenizer_sha256"] != b["tokenizer_sha256"]:
+                problems.append(f"the tokenizers differ (sha256 of tokenizer.json) between {str(ref.path)!r} "
+                                f"and {str(r.path)!r}")
+            else:
+                va = {s: c.get("val") for s, c in (a.get("checksums") or {}).items()}
+                vb = {s: c.get("val") for s, c in (b.get("checksums") or {}).items()}
+                if va and vb and va != vb:
+                    bad = sorted(s for s in set(va) | set(vb) if va.get(s) != vb.get(s))
+                    problems.append(f"the val data of {', '.join(bad)} differs (shard sha256) between "
+                                    f"{str(ref.path)!r} and {str(r.path)!r}")
+    return problems
+
+
+def _check_distinct(run_dirs: list[Path], runs: list[Run]) -> None:
+    seen: dict[Path, Path] = {}
+    for d in run_dirs:
+        key = d.resolve()
+        if key in seen:
+            raise ValueError(f"compare: run {str(d)!r} is given twice (as {str(seen[key])!r} and {str(d)!r}); "
+                             f"each run may appear once")
+        seen[key] = d
+    sigs: dict[str, Run] = {}
+    for r in runs:
+        flat = {k: v for k, v in _flat_cfg(r.cfg).items() if k not in IGNORED_KEYS or k == "train.seed"}
+        sig = json.dumps([flat, r.curve], sort_keys=True, default=str)
+        if sig in sigs:
+            raise ValueError(f"compare: {str(sigs[sig].path)!r} and {str(r.path)!r} have the same config and "
+                             f"identical metrics (the same run copied?); each run may appear once")
+        sigs[sig] = r
+
+
+def _loud(warns: list[str], msg: str) -> None:
+    warnings.warn(msg, CompareWarning, stacklevel=3)
+    warns.append(f"WARNING: {msg}")
 
 
 # --------------------------------------------------------------------------- grouping
@@ -326,7 +421,8 @@ def _metric_keys(dicts, prefixes=("val/", "geom/")) -> list[str]:
 
 # --------------------------------------------------------------------------- main entry
 def compare_runs(run_dirs, out_dir, metric: str = "val/id", target_loss: float | None = None,
-                 baseline: str | None = None, confidence: float = 0.95, plots: bool = True) -> dict:
+                 baseline: str | None = None, confidence: float = 0.95, plots: bool = True,
+                 allow_different_data: bool = False) -> dict:
     """Compare runs (see module docstring); writes report.md, report.json and PNGs into
     ``out_dir`` and returns the report.json content."""
     from nexus_optim.report.render import render_markdown
@@ -335,6 +431,21 @@ def compare_runs(run_dirs, out_dir, metric: str = "val/id", target_loss: float |
     if not run_dirs:
         raise ValueError("compare: no run directories given")
     runs = [load_run(d) for d in run_dirs]
+    _check_distinct(run_dirs, runs)
+    warns: list[str] = []
+    problems = check_same_data(runs)
+    if problems and not allow_different_data:
+        raise ValueError(f"compare: the runs use different data: {problems[0]}; losses are not comparable "
+                         f"across tokenizers or val sets (allow_different_data=True to compare anyway)")
+    for p in problems:
+        _loud(warns, f"the runs use different data: {p}; losses may not be comparable")
+    w0 = _weights(runs[0].cfg)
+    for r in runs[1:]:
+        if _weights(r.cfg) != w0:
+            _loud(warns, f"mixture weights differ ({w0} in {str(runs[0].path)!r}, {_weights(r.cfg)} in "
+                         f"{str(r.path)!r}): val/id is a differently weighted mean of the per-source losses; "
+                         f"compare val/<source> instead")
+            break
     groups = group_runs(runs)
     if baseline is None:
         baseline = next((l for l, rs in groups.items() if rs[0].optimizer == "adamw"), next(iter(groups)))
@@ -360,7 +471,17 @@ def compare_runs(run_dirs, out_dir, metric: str = "val/id", target_loss: float |
         how = f"given (--target-loss {target_loss:g})"
 
     matched = {}
+    single = [r for r in runs if len([x for x in r.curve if _is_num(x.get(metric))]) < 2]
+    if single:
+        names = ", ".join(repr(str(r.path)) for r in single)
+        _loud(warns, f"{names} logged fewer than two evals of {metric} (train.eval_every = 0?): tokens at "
+                     f"matched loss are meaningless for {'it' if len(single) == 1 else 'them'}, left out of "
+                     f"the matched-loss comparison (the equal-token comparison keeps them)")
+    single_ids = {id(r) for r in single}
     for r in runs:
+        if id(r) in single_ids:
+            matched[id(r)] = None
+            continue
         m = crossing(r.curve, metric, target)
         matched[id(r)] = m
         if m is None:
@@ -407,6 +528,8 @@ def compare_runs(run_dirs, out_dir, metric: str = "val/id", target_loss: float |
     }
     if baseline_cmp is None:
         notes.append("only one group: nothing to compare against")
+    notes[:0] = warns
+    report["warnings"] = warns
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report["plots"] = []
