@@ -330,6 +330,7 @@ class _Cache:
         self.doc_dirs = {s.name: root / "docs" / f"{s.name}-{self.keys[s.name]}" for s in cfg.sources}
         self.metas = {n: _read_meta(d / "meta.json") for n, d in self.doc_dirs.items()}
         self.writable = _writable(root)
+        self.loaded = None  # the user tokenizer, once loaded
 
     def build_docs(self, sources: list[SourceConfig], why: str = "") -> None:
         _need_write(self.root, f"documents of {', '.join(s.name for s in sources)}")
@@ -384,7 +385,7 @@ class _Cache:
             tok_path = str(Path(cfg.tokenizer).resolve())
             tok_src = Path(tok_path) / "tokenizer.json" if Path(tok_path).is_dir() else Path(tok_path)
             mtime = tok_src.stat().st_mtime_ns if tok_src.exists() else 0
-            load_tokenizer(tok_path)  # a ValueError naming the file when it is not a tokenizer
+            self.loaded = load_tokenizer(tok_path)  # a ValueError naming the file when it is not a tokenizer
             return tok_path, stable_hash({"path": tok_path, "mtime": mtime}), _tokenizer_digest(tok_path)
         train_keys = sorted(self.keys[s.name] for s in cfg.sources if s.role == "train")
         tok_key = stable_hash({"vocab": cfg.vocab_size, "docs": train_keys, "v": TOKENIZER_VERSION})
@@ -499,7 +500,7 @@ def _prepare(cfg: DataConfig, root: Path, workers: int, log) -> PreparedData:
     if todo:
         cache.build_docs(todo)
     tok_path, tok_key, tok_sha = cache.tokenizer()
-    tok = load_tokenizer(tok_path)
+    tok = cache.loaded or load_tokenizer(tok_path)
     vocab, eos = len(tok), int(tok.eos_token_id)
     dtype = token_dtype(vocab)
 
