@@ -201,7 +201,7 @@ def test_evaluation_sees_the_outer_weights(tmp_path):
     assert abs(probe_loss - anchor_loss) > 1e-4  # ... not the probe point
     assert after == pytest.approx(probe_loss, abs=1e-6)  # the next micro-batch: probe again
     evals = [h["eval_loss"] for h in tr.state.log_history if "eval_loss" in h]
-    assert len(evals) == 3 and tr._nexus.inner_step == 0  # evaluations at outer steps
+    assert len(evals) == 1 + 3 and tr._nexus.inner_step == 0  # the mid one + one per step
     assert evals[-1] == pytest.approx(_eval_loss(tr.model), abs=1e-5)
 
 
