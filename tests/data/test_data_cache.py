@@ -259,3 +259,12 @@ def test_single_document_source_gets_a_val_split(tmp_path):
                      sources=[{"name": "tiny", "kind": "files", "paths": [str(tiny)]}])
     with pytest.raises(ValueError, match="source 'tiny' has a single document of 1 chars, too short"):
         prepare_data(cfg, progress=False, workers=1)
+
+
+def test_short_val_split_is_caught_before_training(cache):
+    _, data, _ = cache
+    data.check_seq_len(8)
+    n = data.val_tokens["a"]
+    with pytest.raises(ValueError, match=rf"data.sources\['a'\]: its val split has {n} tokens, fewer than "
+                                         rf"model.seq_len={n + 1}"):
+        data.check_seq_len(n + 1)

@@ -122,6 +122,21 @@ class PreparedData:
         return stable_hash({"tokenizer": self.tokenizer_sha256, "shards": self.checksums,
                             "roles": self.roles})
 
+    def check_seq_len(self, seq_len: int) -> None:
+        """Before training: every val split needs at least one eval window of ``seq_len`` tokens,
+        every train source with weight > 0 one training window; else a one-line ValueError
+        naming the source (instead of an error at the first eval)."""
+        for source in self.shards:
+            n = self.val_tokens.get(source, 0)
+            if n < seq_len:
+                raise ValueError(f"data.sources[{source!r}]: its val split has {n} tokens, fewer than "
+                                 f"model.seq_len={seq_len}; add text, raise data.val_fraction or lower model.seq_len")
+            if self.roles.get(source) == "train" and self.weights.get(source, 0) > 0:
+                n = self.train_tokens.get(source, 0)
+                if n < seq_len:
+                    raise ValueError(f"data.sources[{source!r}]: its train split has {n} tokens, fewer than "
+                                     f"model.seq_len={seq_len}; add text or lower model.seq_len")
+
     def bytes_per_token(self, source: str) -> float:
         """UTF-8 bytes per val token, to turn nats/token into bits/byte."""
         return self.val_bytes[source] / max(self.val_tokens[source], 1)
