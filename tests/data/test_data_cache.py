@@ -131,7 +131,7 @@ def test_corrupt_documents_are_rebuilt_when_read(cache):
     before = _tokens(data)
     doc = next(Path(cfg.data_dir, "docs").glob("a-*/train.jsonl"))
     doc.write_text('"garbage that still parses"\n')
-    Path(data.shards["a"]["train"]).unlink()  # forces the documents to be read again
+    (Path(data.shards["a"]["train"]).parent / "meta.json").unlink()  # forces the documents to be read again
     with pytest.warns(CacheWarning, match="train.jsonl.*rebuilding the documents of source 'a'"):
         again = prepare_data(cfg, progress=False, workers=1)
     assert np.array_equal(np.asarray(again.load("a", "train")), before[("a", "train")])
