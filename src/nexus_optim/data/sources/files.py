@@ -74,8 +74,8 @@ def read_text_file(path: str) -> str:
     with a warning that counts them."""
     raw = Path(path).read_bytes()
     if b"\0" in raw[:BINARY_SNIFF]:
-        raise ValueError(f"{path}: looks like a binary file (NUL bytes); kind 'files' reads UTF-8 text, "
-                         f".jsonl and .parquet")
+        raise ValueError(f"{path}: looks like a binary file (NUL bytes; UTF-16 text must be converted to "
+                         f"UTF-8); kind 'files' reads UTF-8 text, .jsonl and .parquet")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
