@@ -268,3 +268,16 @@ def test_short_val_split_is_caught_before_training(cache):
     with pytest.raises(ValueError, match=rf"data.sources\['a'\]: its val split has {n} tokens, fewer than "
                                          rf"model.seq_len={n + 1}"):
         data.check_seq_len(n + 1)
+
+
+def test_source_order_survives_sorted_json(cache, tmp_path):
+    from dataclasses import asdict
+
+    from nexus_optim.data import PreparedData
+
+    _, data, _ = cache
+    data = PreparedData(**{**asdict(data), "sources": ["b", "a"]})  # a config order that is not sorted
+    p = tmp_path / "prepared.json"
+    p.write_text(json.dumps(asdict(data), sort_keys=True))
+    back = PreparedData.from_json(p)
+    assert list(back.shards) == list(back.roles) == list(back.val_tokens) == ["b", "a"]

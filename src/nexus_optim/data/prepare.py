@@ -67,6 +67,15 @@ class PreparedData:
     data_dir: str = ""
     tokenizer_sha256: str = ""  # of tokenizer.json (a dir tokenizer: of its files)
     checksums: dict[str, dict[str, str]] = field(default_factory=dict)  # source -> split -> shard sha256
+    sources: list[str] = field(default_factory=list)  # source names in config order
+
+    def __post_init__(self) -> None:
+        # JSON written with sorted keys (prepared-*.json, a run's prepared.json) loses the
+        # config's source order, which fixes eval and logging order: restore it from the list
+        if self.sources and set(self.sources) == set(self.shards):
+            for name in ("shards", "roles", "weights", "val_bytes", "val_tokens", "train_tokens", "checksums"):
+                d = getattr(self, name)
+                setattr(self, name, {s: d[s] for s in self.sources if s in d})
 
     def tokenizer(self):
         """The tokenizer as a ``transformers.PreTrainedTokenizerFast``."""
@@ -539,6 +548,7 @@ def _prepare(cfg: DataConfig, root: Path, workers: int, log) -> PreparedData:
         val_bytes={n: m["bytes"]["val"] for n, m in cache.metas.items()},
         val_tokens=val_tokens, train_tokens=train_tokens, data_dir=str(root),
         tokenizer_sha256=tok_sha, checksums=checksums if len(checksums) == len(cfg.sources) else {},
+        sources=[s.name for s in cfg.sources],
     )
     manifest = root / f"prepared-{stable_hash([cache.keys, tok_key])}.json"
     _save_manifest(data, manifest)
