@@ -262,6 +262,12 @@ class Nexus(Optimizer):
             gamma = gamma * float(group["lr"]) / initial if initial > 0 else 0.0
         return gamma if group.get("maximize", False) else -gamma
 
+    def _move_step(self, group: dict[str, Any]) -> float:
+        """The step of the inner move: a random direction has no sign to flip, so
+        maximizing f takes the same random moves as minimizing -f."""
+        step = self._step_size(group)
+        return -abs(step) if self.inner_norm == "random" else step
+
     def _warn_large_inner_lr(self) -> None:
         """Warn (once, at construction) when one inner move would be longer than the
         weights themselves: such a gamma leaves the basin (inner losses explode)."""
@@ -366,7 +372,7 @@ class Nexus(Optimizer):
             random = dist_ops.random_direction(plan.params, self._generator)
         functional.inner_update_(
             plan.local_params, dist_ops.to_local(grads), norms, total, finite,
-            slices=[(a, b, self._step_size(g)) for a, b, g in plan.groups],
+            slices=[(a, b, self._move_step(g)) for a, b, g in plan.groups],
             mode=self.inner_norm, eps=self.inner_eps, move=move,
             accumulators=None if first and last else plan.traj, random=random,
             accumulate="fold" if last else ("copy" if first else "add"),
