@@ -43,7 +43,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from nexus_optim.optim import distributed as dist_ops
-from nexus_optim.optim import functional
+from nexus_optim.optim import functional, guards
 from nexus_optim.optim import state as nexus_state
 
 
@@ -341,6 +341,7 @@ class Nexus(Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """One inner move on the current gradients; every K-th call an outer step."""
+        guards.check_host(self)  # plain HF Trainer / accelerate accumulation: refuse
         if self._eval_mode:
             raise RuntimeError("Nexus.step(): the optimizer is in eval mode (outer weights "
                                "loaded); call opt.train() before stepping")
