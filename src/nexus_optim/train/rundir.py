@@ -60,6 +60,7 @@ class RunLock:
         self.out = Path(out_dir)
         self.path = self.out / LOCK_NAME
         self.fd: int | None = None
+        self.owner: int | None = None  # the pid that took it (a forked child only closes its copy)
 
     @property
     def held(self) -> bool:
@@ -94,17 +95,18 @@ class RunLock:
                     f"({holder}); wait for it to finish or choose another train.out_dir") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        self.fd = fd
+        self.fd, self.owner = fd, os.getpid()
         return self
 
     def release(self) -> None:
         if self.fd is not None:
             fd, self.fd = self.fd, None
-            try:
-                os.ftruncate(fd, 0)
-            except OSError:
-                pass
-            os.close(fd)  # drops the flock
+            if self.owner == os.getpid():
+                try:
+                    os.ftruncate(fd, 0)
+                except OSError:
+                    pass
+            os.close(fd)  # drops the flock (in a forked child: only the child's copy)
 
     def __del__(self):  # a Trainer that is never closed: the lock goes with it
         try:
