@@ -375,9 +375,29 @@ def _scenario_resume_save(rank, world, res, out: Path):
     opt = _nexus(m.parameters(), inner_sync="sync")
     _train_fsdp(m, opt, rank, MID)
     torch.save({"model": m.state_dict(), "opt": opt.state_dict()}, out / f"fsdp_mid_rank{rank}.pt")
+    _dcp_save(m, opt, out / "fsdp_dcp")
     _train_fsdp(m, opt, rank, REST)
     torch.save(_params(m), out / f"fsdp_final_rank{rank}.pt")
     dist.barrier()
+
+
+def _dcp_save(model, opt, path: Path) -> None:
+    """torchtitan's way: DCP state dicts of model and optimizer, one sharded checkpoint."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, opt)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(path))
+
+
+def _dcp_load(model, opt, path: Path) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, opt)  # the template of a fresh optimizer
+    state = {"model": model_sd, "optim": optim_sd}
+    dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
 
 def _scenario_resume_load(rank, world, res, out: Path):
@@ -417,6 +437,17 @@ def _scenario_resume_load(rank, world, res, out: Path):
     res["fsdp_anchor_is_dtensor"] = D.is_dtensor(anchor)
     _train_fsdp(m, opt, rank, REST)
     res["fsdp_resume_mid"] = _maxdiff(_params(m), torch.load(out / f"fsdp_final_rank{rank}.pt"))
+
+    m = _fsdp_model()  # FSDP2 + torch.distributed.checkpoint (dcp.save / dcp.load)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(1.0)  # different weights: the checkpoint must set them
+    opt = _nexus(m.parameters(), inner_sync="sync")
+    _dcp_load(m, opt, out / "fsdp_dcp")
+    res["dcp_inner_step"] = opt.inner_step
+    res["dcp_anchor_is_dtensor"] = D.is_dtensor(next(iter(opt.state.values()))["nexus_anchor"])
+    _train_fsdp(m, opt, rank, REST)
+    res["fsdp_dcp_resume_mid"] = _maxdiff(_params(m), torch.load(out / f"fsdp_final_rank{rank}.pt"))
 
 
 def _worker(phase: str, out: Path) -> None:
@@ -591,6 +622,9 @@ def test_resume_in_fresh_processes(resume_run):
         assert res["resume_replica_diff"] == 0.0
         assert res["fsdp_anchor_is_dtensor"]
         assert res["fsdp_resume_mid"] <= 1e-7, res
+        # FSDP2 + dcp.save mid inner loop, dcp.load into fresh processes, continue
+        assert res["dcp_inner_step"] == 1 and res["dcp_anchor_is_dtensor"], res
+        assert res["fsdp_dcp_resume_mid"] == 0.0, res
 
 
 # ----------------------------------------------------------- single-process helpers
