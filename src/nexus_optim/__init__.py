@@ -3,7 +3,8 @@
 ``from nexus_optim import Nexus`` pulls in nothing but torch.
 """
 
+from nexus_optim.optim.factory import create_optimizer
 from nexus_optim.optim.nexus import Nexus
 
-__all__ = ["Nexus"]
+__all__ = ["Nexus", "create_optimizer"]
 __version__ = "0.1.0"

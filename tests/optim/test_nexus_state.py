@@ -265,3 +265,20 @@ def test_rng_state_loads_from_any_device_mapping():
     opt2 = _opt(_model(), inner_norm="random", seed=99)
     opt2.load_state_dict(sd)
     assert torch.equal(opt2._generator.get_state(), opt._generator.get_state())
+
+
+# --------------------------------------------------------------------- factory
+def test_create_optimizer_builds_no_decay_groups_in_one_call():
+    from nexus_optim import create_optimizer
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
+    opt = create_optimizer(model, lr=1e-3, inner_lr=0.1, inner_steps=2, weight_decay=0.1,
+                           max_grad_norm=1.0)
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert {p.dim() for p in decay["params"]} == {2} and {p.dim() for p in no_decay["params"]} == {1}
+    assert isinstance(opt.outer, torch.optim.AdamW) and opt.max_grad_norm == 1.0
+    muon = create_optimizer(model, outer="muon")
+    assert [g["use_muon"] for g in muon.param_groups] == [True, False]
+    with pytest.raises(ValueError, match="outer: 'sgd' is not one of 'adamw', 'muon'"):
+        create_optimizer(model, outer="sgd")

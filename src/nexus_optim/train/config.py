@@ -24,7 +24,7 @@ import yaml
 
 from nexus_optim.data.config import DataConfig
 
-OPTIMIZERS = ("adamw", "nexus", "fish", "random-control")
+OPTIMIZERS = ("adamw", "nexus", "fish", "random-control", "muon", "nexus-muon")
 SCHEDULES = ("cosine", "wsd", "constant")
 SAMPLINGS = ("homogeneous", "mixed")
 DEVICES = ("auto", "cpu", "cuda")

@@ -17,22 +17,9 @@ from __future__ import annotations
 import torch
 
 from nexus_optim.optim import Nexus, recipes
+from nexus_optim.optim.factory import param_groups
 from nexus_optim.optim.mixed import MuonAdamW, muon_param_groups
 from nexus_optim.train.config import OptimConfig
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float, no_decay_norms_and_biases: bool):
-    """Two groups: matrices with weight decay; norms, biases (and 1-d params) without."""
-    seen, decay, no_decay = set(), [], []
-    for _, p in model.named_parameters():
-        if not p.requires_grad or id(p) in seen:
-            continue
-        seen.add(id(p))
-        (no_decay if no_decay_norms_and_biases and p.dim() < 2 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
 
 
 def build_optimizer(cfg: OptimConfig, model: torch.nn.Module, seed: int = 0,
