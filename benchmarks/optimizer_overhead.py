@@ -169,8 +169,8 @@ def state_bytes(*states: dict) -> int:
 
 
 def optimizer_state_bytes(opt) -> int:
-    if isinstance(opt, Nexus):
-        return state_bytes(opt.state, opt.outer.state)
+    if isinstance(opt, Nexus):  # resident buffers: Nexus' own and the outer optimizer's
+        return state_bytes(opt.state.own, opt.outer.state)
     return state_bytes(opt.state)
 
 

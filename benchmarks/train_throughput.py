@@ -67,15 +67,16 @@ def synthetic_corpus(root: Path) -> str:
 
 
 def make_trainer(preset: str, name: str, data_dir: str, corpus: str, micro_batch: int,
-                 seq_len: int, out: str, device: str = "cpu") -> Trainer:
+                 seq_len: int, out: str, device: str = "cpu", compile: bool = False,
+                 bf16: bool = True) -> Trainer:
     cfg = from_dict({
         "data": {"data_dir": data_dir, "vocab_size": 4096,
                  "sources": [{"name": "a", "kind": "files", "paths": [corpus]},
                              {"name": "b", "kind": "files", "paths": [corpus]}]},
-        "model": {"preset": preset, "seq_len": seq_len},
+        "model": {"preset": preset, "seq_len": seq_len, "compile": compile},
         "optim": {"name": name, "inner_steps": 4},
         "train": {"out_dir": out, "steps": 10_000, "micro_batch_size": micro_batch,
-                  "progress": False, "export_hf": False, "device": device},
+                  "progress": False, "export_hf": False, "device": device, "bf16": bf16},
     })
     return Trainer(cfg)
 
@@ -90,6 +91,9 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model (model.compile)")
+    ap.add_argument("--fp32", action="store_true",
+                    help="no bf16 autocast on CUDA (train.bf16=false; CPU is always fp32)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -102,7 +106,8 @@ def main() -> None:
         corpus = synthetic_corpus(Path(tmp))
         for preset in args.presets:
             trainers = {n: make_trainer(preset, n, f"{tmp}/data", corpus, args.micro_batch,
-                                        args.seq_len, f"{tmp}/{preset}_{n}", args.device)
+                                        args.seq_len, f"{tmp}/{preset}_{n}", args.device,
+                                        args.compile, not args.fp32)
                         for n in args.optimizers}
             tokens = args.steps * trainers[args.optimizers[0]].cfg.tokens_per_step()
             fpt = flops_per_token(trainers[args.optimizers[0]].model, args.seq_len)

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 _BLOCK = re.compile(r"^<!-- example: ([\w.-]+) -->\n```python\n(.*?)^```", re.M | re.S)
@@ -27,8 +28,18 @@ SHRINK: dict[str, list[tuple[str, str]]] = {
     "accelerate": [*_SMALL_DATA, ("Accelerator()", "Accelerator(cpu=True)")],
     "muon": [("(32, 8, 128)", "(8, 2, 32)"), ("max_seq_len=128", "max_seq_len=32"),
              ("vocab_size=4096", "vocab_size=256"), ("randint(0, 4096", "randint(0, 256")],
+    "plain": [("(256, 128)", "(64, 32)"), ("hidden_size=256, intermediate_size=688",
+                                             "hidden_size=32, intermediate_size=64"),
+              ("num_hidden_layers=4", "num_hidden_layers=1"),
+              ("max_position_embeddings=128", "max_position_embeddings=32"),
+              ("vocab_size=4096", "vocab_size=256"), ("randint(0, 4096", "randint(0, 256")],
+    # one rank, rendezvous through a file instead of torchrun's environment
+    "fsdp2-dcp": [('dist.init_process_group("gloo")',
+                   'dist.init_process_group("gloo", init_method="file://" + '
+                   'str(__import__("pathlib").Path("store").resolve()), rank=0, world_size=1)'),
+                  ("Linear(512, 512)", "Linear(16, 16)"), ("randn(16, 512)", "randn(4, 16)")],
 }
-EXPECT = {"hf-trainer", "accelerate", "muon"}
+EXPECT = {"hf-trainer", "accelerate", "muon", "plain", "fsdp2-dcp"}
 
 
 def examples() -> dict[str, str]:
@@ -84,4 +95,15 @@ def _check_muon(ns, tmp_path):
     assert ns["opt"].outer.muon.param_groups[0] is ns["opt"].param_groups[0]
 
 
-CHECKS = {"hf-trainer": _check_hf, "accelerate": _check_accelerate, "muon": _check_muon}
+def _check_plain(ns, tmp_path):
+    assert ns["opt"].outer_steps == 2 and len(ns["opt"].param_groups) == 2
+    assert bool(torch.isfinite(ns["val"])) and (tmp_path / "ckpt.pt").exists()
+
+
+def _check_fsdp2_dcp(ns, tmp_path):
+    assert ns["opt"].outer_steps == 2 and ns["opt"].inner_step == 0
+    assert (tmp_path / "ckpt/step_6/.metadata").exists()
+
+
+CHECKS = {"hf-trainer": _check_hf, "accelerate": _check_accelerate, "muon": _check_muon,
+          "plain": _check_plain, "fsdp2-dcp": _check_fsdp2_dcp}

@@ -105,7 +105,7 @@ def cmd_compare(args) -> int:
     from nexus_optim.report import compare_runs
 
     report = compare_runs(args.runs, args.out, metric=args.metric, target_loss=args.target_loss,
-                          baseline=args.baseline)
+                          baseline=args.baseline, allow_different_data=args.allow_different_data)
     print(f"wrote {os.path.join(args.out, 'report.md')}, report.json and "
           f"{len(report['plots'])} plot(s)", file=sys.stderr)
     return 0
@@ -256,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--target-loss", type=float, default=None,
                       help="matched loss (default: the largest final metric over runs)")
     cmp_.add_argument("--baseline", default=None, help="group label to compare against (default: AdamW)")
+    cmp_.add_argument("--allow-different-data", action="store_true",
+                      help="compare runs on different data or tokenizers (warn instead of refusing)")
     cmp_.set_defaults(func=cmd_compare)
 
     ev = sub.add_parser("eval", help="val losses (nats/token, bits/byte) and offline downstream tasks")

@@ -52,7 +52,7 @@ def test_eval_swaps_in_the_outer_weights_and_train_restores_the_probe():
     opt.eval()
     opt.eval()  # idempotent
     assert all(torch.equal(p, a) for p, a in zip(model.parameters(), anchor))
-    with pytest.raises(RuntimeError, match="eval mode.*call opt.train"):
+    with pytest.raises(RuntimeError, match="in eval mode; call opt.train\(\)"):
         opt.step()
     opt.train()
     opt.train()  # idempotent

@@ -11,30 +11,17 @@ One outer step t, with micro-batches B_1..B_K and inner step size gamma:
     theta <- anchor;  clip G to max_grad_norm;  theta <- Outer.step(theta, G)
 
 n = number of finite micro-batches (a non-finite one is skipped: no move, not in G).
-To first order in gamma, averaged over the order of two micro-batches (sum
-convention, i.e. K*G), the part of the outer gradient beyond the conventional sum
-g_1 + g_2 is (n_i = g_i/||g_i||, H_i Hessians, J_i the Jacobians of n_i):
-
-    displacement:  -(gamma/2) (J_2 n_1 + J_1 n_2)
-    trajectory:    -(gamma/2) (H_2 n_1 + H_1 n_2)
-                 = -(gamma/2) [ s_2 J_2^T n_1 + s_1 J_1^T n_2 + c grad(s_1 + s_2) ]
-
-with s_i = ||g_i|| and c = cos(g_1, g_2): the displacement term equals the paper's
--(gamma/2) grad CosSim only when each H_i commutes with its projector; the
-trajectory term adds a look-ahead that raises gradient norms where the sources agree.
-docs/algorithm.md derives both. With ``inner_lr=0`` and "trajectory", Nexus is
-exactly the outer optimizer with K-step gradient accumulation.
-
-Which weights are live: after a ``step()`` that completed an outer step
-(``last_step_was_outer``) the model holds the outer weights theta_{t+1}; between
-outer steps it holds an inner probe point. ``eval()`` / ``train()`` (or
+What each reading optimizes to first order in gamma (neither is exactly the paper's
+-(gamma/2) grad CosSim for general Hessians), what gamma means per mode and the
+fixed-gamma loss floor: docs/algorithm.md. With ``inner_lr=0`` and "trajectory",
+Nexus is exactly the outer optimizer with K-step gradient accumulation. Between outer
+steps the model holds an inner probe point: ``eval()`` / ``train()`` (or
 ``with opt.outer_weights():``) swap the outer weights in and back out.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
 from typing import Any, Callable, Iterable, Iterator
 
@@ -43,49 +30,9 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from nexus_optim.optim import distributed as dist_ops
-from nexus_optim.optim import functional, guards
+from nexus_optim.optim import checks, functional, guards
 from nexus_optim.optim import state as nexus_state
-
-
-def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(
-            f"{name}: {value!r} is not one of " + ", ".join(repr(a) for a in allowed)
-        )
-
-
-def _check_nonneg(name: str, value: Any) -> None:
-    if (not isinstance(value, (int, float)) or isinstance(value, bool)
-            or not math.isfinite(value) or value < 0):
-        raise ValueError(f"{name}: must be a finite number >= 0, got {value!r}")
-
-
-def _state_dtype(p: Tensor) -> torch.dtype:
-    """Anchor/accumulator dtype: fp32 for low-precision parameters, else the param's own."""
-    return p.dtype if p.dtype in (torch.float32, torch.float64) else torch.float32
-
-
-class _Plan:
-    """Cached tensor lists for one pattern of which parameters have a gradient."""
-
-    def __init__(self, opt: "Nexus", key: tuple[bool, ...]) -> None:
-        params = opt._params
-        self.params = [p for p, has in zip(params, key) if has]
-        self.groups: list[tuple[int, int, dict[str, Any]]] = []
-        start = 0
-        for group in opt.param_groups:
-            n = sum(1 for p in group["params"] if key[opt._index[id(p)]])
-            if n:
-                self.groups.append((start, start + n, group))
-            start += n
-        self.local_params = dist_ops.to_local(self.params)
-        self.on_cpu = all(p.device.type == "cpu" for p in self.local_params)
-        if opt.outer_grad == "trajectory":
-            self.traj = dist_ops.to_local(opt._state_list(self.params, "nexus_trajectory"))
-            others = [p for p, has in zip(params, key) if not has]
-            self.traj_others = dist_ops.to_local(opt._state_list(others, "nexus_trajectory"))
-        else:
-            self.traj = self.traj_others = None
+from nexus_optim.optim.plan import Plan, state_dtype
 
 
 class Nexus(Optimizer):
@@ -131,11 +78,8 @@ class Nexus(Optimizer):
         skipped_micro_batches: micro-batches skipped for a non-finite gradient (read
             lazily: the skip is decided on the device; reading it syncs).
 
-    Host reads: none per micro-batch on accelerators (the non-finite skip is a
-    device-side mask); one scalar per outer step (the number of finite
-    micro-batches, which decides whether there is an outer step at all, as
-    ``torch.amp.GradScaler.step`` does). On CPU tensors a host read costs nothing
-    and the skip is a Python branch.
+    Host reads: none per micro-batch (the non-finite skip is a device-side mask; on
+    CPU, where a read is free, a branch); one scalar per outer step (is there one?).
     """
 
     def __init__(
@@ -156,19 +100,13 @@ class Nexus(Optimizer):
         process_group: Any = None,
         **outer_kwargs: Any,
     ) -> None:
-        _check_nonneg("lr", lr)
-        _check_nonneg("inner_lr", inner_lr)
-        if not isinstance(inner_steps, int) or isinstance(inner_steps, bool) or inner_steps < 1:
-            raise ValueError(f"inner_steps: must be an integer >= 1, got {inner_steps!r}")
-        _check_choice("inner_norm", inner_norm, functional.INNER_NORMS)
-        _check_choice("outer_grad", outer_grad, functional.OUTER_GRADS)
-        if max_grad_norm is not None and not (
-            isinstance(max_grad_norm, (int, float)) and not isinstance(max_grad_norm, bool)
-            and math.isfinite(max_grad_norm) and max_grad_norm > 0
-        ):
-            raise ValueError(
-                f"max_grad_norm: must be None or a finite number > 0, got {max_grad_norm!r}")
-        _check_nonneg("inner_eps", inner_eps)
+        checks.check_nonneg("lr", lr)
+        checks.check_nonneg("inner_lr", inner_lr)
+        checks.check_inner_steps(inner_steps)
+        checks.check_choice("inner_norm", inner_norm, functional.INNER_NORMS)
+        checks.check_choice("outer_grad", outer_grad, functional.OUTER_GRADS)
+        checks.check_max_grad_norm(max_grad_norm)
+        checks.check_nonneg("inner_eps", inner_eps)
         if not callable(outer):
             raise ValueError(f"outer: must be a torch.optim.Optimizer class, got {outer!r}")
 
@@ -196,7 +134,7 @@ class Nexus(Optimizer):
         self._generator: torch.Generator | None = None
         self._probe: list[Tensor] | None = None  # the inner point while in eval mode
         self._eval_mode = False
-        self._plans: dict[tuple[bool, ...], _Plan] = {}
+        self._plans: dict[tuple[bool, ...], Plan] = {}
 
         self._initializing = True
         super().__init__(self.outer.param_groups, defaults)
@@ -210,12 +148,15 @@ class Nexus(Optimizer):
                                             process_group)
         self.inner_sync = self._sync.mode
         nexus_state.materialize_outer(self)
-        self._warn_large_inner_lr()
+        checks.warn_large_inner_lr(
+            self.param_groups, inner_norm, float(dist_ops.grad_norms(
+                [p.detach() for p in self._params])[1]) if self._params else 0.0,
+            len(self._params))
 
     # ----------------------------------------------------------------- groups/state
     def _init_group(self, group: dict[str, Any]) -> None:
         group.setdefault("inner_lr", self.defaults["inner_lr"])
-        _check_nonneg("inner_lr", group["inner_lr"])
+        checks.check_nonneg("inner_lr", group["inner_lr"])
         if self.outer_grad == "displacement" and group["inner_lr"] == 0:
             raise ValueError(
                 "inner_lr: must be > 0 with outer_grad='displacement' "
@@ -224,7 +165,7 @@ class Nexus(Optimizer):
         group.setdefault("initial_lr", group["lr"])
         for p in group["params"]:
             state = self.state[p]
-            dtype = _state_dtype(p)
+            dtype = state_dtype(p)
             state["nexus_anchor"] = p.detach().to(dtype, copy=True)
             if self.outer_grad == "trajectory":
                 state["nexus_trajectory"] = torch.zeros_like(p, dtype=dtype)
@@ -263,27 +204,9 @@ class Nexus(Optimizer):
         return gamma if group.get("maximize", False) else -gamma
 
     def _move_step(self, group: dict[str, Any]) -> float:
-        """The step of the inner move: a random direction has no sign to flip, so
-        maximizing f takes the same random moves as minimizing -f."""
+        """The inner move's step; a random direction has no sign to flip (maximize)."""
         step = self._step_size(group)
         return -abs(step) if self.inner_norm == "random" else step
-
-    def _warn_large_inner_lr(self) -> None:
-        """Warn (once, at construction) when one inner move would be longer than the
-        weights themselves: such a gamma leaves the basin (inner losses explode)."""
-        if self.inner_norm == "none" or not self._params:
-            return  # the "none" move scales with ||g||: unknown before the first step
-        norm = float(dist_ops.grad_norms([p.detach() for p in self._params])[1])
-        tensors = len(self._params)
-        for group in self.param_groups:
-            length = float(group["inner_lr"]) * (
-                math.sqrt(tensors) if self.inner_norm == "per_tensor" else 1.0)
-            if norm > 0 and length > norm:
-                warnings.warn(
-                    f"Nexus: inner_lr={group['inner_lr']} moves {length:.3g} per inner step, "
-                    f"more than the norm of all weights ({norm:.3g}); inner points will "
-                    "leave the basin (typical inner_lr: 0.01-1)", RuntimeWarning, stacklevel=3)
-                return
 
     @property
     def skipped_micro_batches(self) -> int:
@@ -330,11 +253,11 @@ class Nexus(Optimizer):
                 self.train()
 
     # ------------------------------------------------------------------------ step
-    def _plan(self) -> _Plan:
+    def _plan(self) -> Plan:
         key = tuple(p.grad is not None for p in self._params)
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._plans[key] = _Plan(self, key)
+            plan = self._plans[key] = Plan(self, key)
         self._touched.add(key)
         return plan
 
@@ -343,8 +266,7 @@ class Nexus(Optimizer):
         """One inner move on the current gradients; every K-th call an outer step."""
         guards.check_host(self)  # plain HF Trainer / accelerate accumulation: refuse
         if self._eval_mode:
-            raise RuntimeError("Nexus.step(): the optimizer is in eval mode (outer weights "
-                               "loaded); call opt.train() before stepping")
+            raise RuntimeError("Nexus.step(): in eval mode; call opt.train() before stepping")
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -380,10 +302,10 @@ class Nexus(Optimizer):
         )
         self.inner_step += 1
         if self.inner_step == self.inner_steps:
-            self._outer_step(plan)
+            self._outer_step()
         return loss
 
-    def _outer_step(self, last_plan: _Plan) -> None:
+    def _outer_step(self) -> None:
         count = int(self._finite_count)  # the one host read per outer step
         touched = [any(key[i] for key in self._touched) for i in range(len(self._params))]
         self.inner_step = 0
@@ -401,27 +323,12 @@ class Nexus(Optimizer):
         if count == 0 and not self._sync.local:  # all non-finite: no outer step
             functional.restore_(self._local_params, self._anchors)
             return
-        in_last = {id(p) for p in last_plan.params}
         for p in params:
             if p.grad is None:  # had a gradient earlier in the loop, not at the last call
                 p.grad = torch.zeros_like(p)
                 if self.outer_grad == "trajectory":
                     p.grad.copy_(self.state[p]["nexus_trajectory"])
-            elif id(p) not in in_last:
-                raise RuntimeError("Nexus: a gradient appeared between step() calls")
-        grads = dist_ops.to_local([p.grad for p in params])
-        if self.outer_grad == "trajectory":
-            functional.trajectory_gradient_(grads, max(count, 1))  # 0 only in "local" mode
-        else:
-            for group in self.param_groups:
-                ps = [p for p in group["params"] if touched[self._index[id(p)]]]
-                step = self._step_size(group)
-                # G = (anchor - theta_K)/(gamma n); a maximizing group moved up: flip
-                scale = -1.0 / (step * count) if step != 0 and count > 0 else 0.0
-                functional.displacement_gradient_(
-                    dist_ops.to_local([p.grad for p in ps]),
-                    dist_ops.to_local(self._state_list(ps, "nexus_anchor")),
-                    dist_ops.to_local(ps), scale)
+        self._outer_gradient(params, touched, count)
         functional.restore_(self._local_params, self._anchors)
         if self._sync.local:  # average G over ranks: one all-reduce per bucket
             params = self._sync.average_outer_grads(self._params, params, count > 0)
@@ -432,6 +339,22 @@ class Nexus(Optimizer):
         self.outer.step()
         self.outer_steps += 1
         self.last_step_was_outer = True
+
+    def _outer_gradient(self, params: list[Tensor], touched: list[bool], count: int) -> None:
+        """p.grad <- G for the parameters touched in this loop (before the restore)."""
+        if self.outer_grad == "trajectory":  # p.grad holds the sum (folded by the K-th call)
+            functional.trajectory_gradient_(dist_ops.to_local([p.grad for p in params]),
+                                            max(count, 1))  # count 0 only in "local" mode
+            return
+        for group in self.param_groups:
+            ps = [p for p in group["params"] if touched[self._index[id(p)]]]
+            step = self._step_size(group)
+            # G = (anchor - theta_K)/(gamma n); a maximizing group moved up: flip
+            scale = -1.0 / (step * count) if step != 0 and count > 0 else 0.0
+            functional.displacement_gradient_(
+                dist_ops.to_local([p.grad for p in ps]),
+                dist_ops.to_local(self._state_list(ps, "nexus_anchor")),
+                dist_ops.to_local(ps), scale)
 
     # ------------------------------------------------------------------ state dict
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]

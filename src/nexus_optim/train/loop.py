@@ -27,6 +27,8 @@ resume-or-start); a resumed run must keep its optimizer, model, data and tokens 
 
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 import json
 import math
@@ -130,12 +132,13 @@ class Trainer:
         if world == 1:
             self.sync_mode = "none"
         else:
-            self.sync_mode = "accumulate" if cfg.optim.name == "adamw" else t.inner_sync
+            self.sync_mode = "accumulate" if cfg.optim.name in ("adamw", "muon") else t.inner_sync
         if t.threads:
             torch.set_num_threads(t.threads)
         torch.manual_seed(t.seed)
         self.prepared = self.dist.main_first(
             lambda: prepare_data(cfg.data, progress=t.progress and main))
+        self.prepared.check_seq_len(cfg.model.seq_len)  # a too-short split fails now, not at eval
         self.tokenizer = self.prepared.tokenizer()
         init_seed = t.seed if cfg.model.init_seed is None else cfg.model.init_seed
         self.model = build_model(cfg.model.preset, vocab_size=len(self.tokenizer),
@@ -215,12 +218,16 @@ class Trainer:
         return {"train/loss": float(torch.stack(losses).float().mean())}  # this rank's
 
     def evaluate(self) -> dict:
+        """Losses (and gradient cosines) at the outer weights: ``Nexus.outer_weights()``
+        swaps the anchor in if the model is mid inner loop (a no-op at an outer step)."""
         t = self.cfg.train
-        out = evaluate_sources(self.model, self.prepared, self.cfg.model.seq_len,
-                               t.eval_batch_size, t.eval_tokens, self.device, t.bf16)
-        if t.grad_sim_batches > 0:  # geom/cos/<a>/<b>, geom/grad_sim (eval/geometry_gradsim.py)
-            from nexus_optim.eval.geometry_gradsim import grad_sim_metrics
-            out.update(grad_sim_metrics(self.model, self.prepared, self.cfg))
+        opt = self.optimizer
+        with opt.outer_weights() if isinstance(opt, Nexus) else contextlib.nullcontext():
+            out = evaluate_sources(self.model, self.prepared, self.cfg.model.seq_len,
+                                   t.eval_batch_size, t.eval_tokens, self.device, t.bf16)
+            if t.grad_sim_batches > 0:  # geom/cos/<a>/<b>, geom/grad_sim (eval/geometry_gradsim.py)
+                from nexus_optim.eval.geometry_gradsim import grad_sim_metrics
+                out.update(grad_sim_metrics(self.model, self.prepared, self.cfg))
         return out
 
     # ---------------------------------------------------------------------- checkpoint
