@@ -52,7 +52,7 @@ def test_eval_swaps_in_the_outer_weights_and_train_restores_the_probe():
     opt.eval()
     opt.eval()  # idempotent
     assert all(torch.equal(p, a) for p, a in zip(model.parameters(), anchor))
-    with pytest.raises(RuntimeError, match="in eval mode; call opt.train\(\)"):
+    with pytest.raises(RuntimeError, match=r"in eval mode; call opt.train\(\)"):
         opt.step()
     opt.train()
     opt.train()  # idempotent
@@ -282,3 +282,32 @@ def test_create_optimizer_builds_no_decay_groups_in_one_call():
     assert [g["use_muon"] for g in muon.param_groups] == [True, False]
     with pytest.raises(ValueError, match="outer: 'sgd' is not one of 'adamw', 'muon'"):
         create_optimizer(model, outer="sgd")
+
+
+# ------------------------------------------------------------------- arguments
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(inner_lr=float("inf")), "inner_lr: must be a finite number >= 0, got inf"),
+    (dict(lr=float("nan")), "lr: must be a finite number >= 0, got nan"),
+    (dict(max_grad_norm=float("nan")), "max_grad_norm: must be None or a finite number > 0"),
+    (dict(max_grad_norm=float("inf")), "max_grad_norm: must be None or a finite number > 0"),
+    (dict(inner_eps=float("inf")), "inner_eps: must be a finite number >= 0"),
+])
+def test_non_finite_arguments_are_refused_naming_the_argument(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _opt(_model(), **kwargs)
+
+
+def test_non_finite_group_inner_lr_is_refused():
+    model = _model()
+    with pytest.raises(ValueError, match="inner_lr: must be a finite number"):
+        Nexus([{"params": model.parameters(), "inner_lr": float("nan")}])
+
+
+def test_huge_inner_lr_warns_and_a_normal_one_does_not():
+    with pytest.warns(RuntimeWarning, match="inner_lr=1000000.0 moves 1e\\+06 per inner step"):
+        _opt(_model(), inner_lr=1e6)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _opt(_model(), inner_lr=0.1)
