@@ -82,12 +82,6 @@ def inverse_norm(total: Tensor, finite: Tensor | bool, eps: float) -> Tensor:
     return inv
 
 
-def inner_move_(params: list[Tensor], directions: list[Tensor], step_size: float) -> None:
-    """theta <- theta - step_size * d, in place."""
-    if params and step_size != 0.0:
-        torch._foreach_add_(params, directions, alpha=-step_size)
-
-
 def inner_update_(
     params: list[Tensor],
     grads: list[Tensor],
