@@ -66,8 +66,10 @@ class ParamState(MutableMapping):
             if key in self._derived():
                 return derived_value(self._view.opt, self._p, key)
             raise KeyError(key)
-        return self._view.opt.outer.state[self._p][key] if self._p in self._view.opt.outer.state \
-            else _missing(key)
+        outer = self._view.opt.outer.state
+        if self._p not in outer:  # a defaultdict: do not create an empty entry by reading
+            raise KeyError(key)
+        return outer[self._p][key]
 
     def __setitem__(self, key: str, value: Any) -> None:
         (self._own() if key.startswith(PREFIX) else self._outer())[key] = value
@@ -83,10 +85,6 @@ class ParamState(MutableMapping):
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
-
-
-def _missing(key: str) -> Any:
-    raise KeyError(key)
 
 
 class NexusState(Mapping):
