@@ -81,6 +81,7 @@ from torch import Tensor
 
 from nexus_optim import Nexus
 from nexus_optim.models import build_model, count_params
+from nexus_optim.train.step import outer_step, protocol_of
 
 DEFAULT_MODES = (
     ("global", "trajectory"),
@@ -176,29 +177,30 @@ def optimizer_state_bytes(opt) -> int:
 
 # ---------------------------------------------------------------------- training
 def run_outer_steps(cfg: Config, batches: list[torch.Tensor], k: int) -> list[dict]:
-    """Run len(batches)/k outer steps; per outer step the wall and process-CPU time of
-    the whole step and of the optimizer calls (``step()`` + ``zero_grad()``) in it."""
+    """Run len(batches)/k outer steps (``train/step.py``'s ``outer_step``, as the trainer);
+    per outer step the wall and process-CPU time of the whole step and of the optimizer
+    calls (``step()`` + ``zero_grad()``) in it."""
     model, opt = cfg.model, cfg.opt
     perf, proc = time.perf_counter, time.process_time
+    protocol = protocol_of(opt)
     out = []
     for s in range(len(batches) // k):
-        t0, c0, opt_wall, opt_cpu = perf(), proc(), 0.0, 0.0
-        for i in range(k):
-            x = batches[s * k + i]
-            loss = model(input_ids=x, labels=x).loss
-            (loss / k if cfg.is_adamw else loss).backward()
-            del loss
-            if cfg.is_adamw and i < k - 1:
-                continue  # accumulate
+        t0, c0, opt_time = perf(), proc(), [0.0, 0.0]
+
+        def timed_update(o) -> None:
             t1, c1 = perf(), proc()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            opt_wall += perf() - t1
-            opt_cpu += proc() - c1
+            o.step()
+            o.zero_grad(set_to_none=True)
+            opt_time[0] += perf() - t1
+            opt_time[1] += proc() - c1
+
+        def loss_of(i: int, s: int = s) -> Tensor:
+            x = batches[s * k + i]
+            return model(input_ids=x, labels=x).loss
+
+        outer_step(opt, protocol, k, loss_of, update=timed_update)
         out.append({"wall": perf() - t0, "cpu": proc() - c0,
-                    "opt_wall": opt_wall, "opt_cpu": opt_cpu})
-        if not cfg.is_adamw and not opt.last_step_was_outer:
-            raise RuntimeError(f"{cfg.name}: the K-th step() was not an outer step")
+                    "opt_wall": opt_time[0], "opt_cpu": opt_time[1]})
     return out
 
 
@@ -319,15 +321,15 @@ def profile_steps(cfg: Config, args: argparse.Namespace, top: int) -> str:
 
     batches = make_batches(args, round_idx=-2, n_outer=1)
     model, opt, k = cfg.model, cfg.opt, args.inner_steps
+    def recorded_update(o) -> None:
+        with record_function("## optimizer ##"):
+            o.step()
+            o.zero_grad(set_to_none=True)
+
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for i, x in enumerate(batches):
-            loss = model(input_ids=x, labels=x).loss
-            (loss / k if cfg.is_adamw else loss).backward()
-            if cfg.is_adamw and i < k - 1:
-                continue
-            with record_function("## optimizer ##"):
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+        outer_step(opt, protocol_of(opt), k,
+                   lambda i: model(input_ids=batches[i], labels=batches[i]).loss,
+                   update=recorded_update)
     # self time of the ops that ran inside the optimizer calls, by op name
     total_us, self_us, calls = 0.0, {}, {}
     for e in prof.events():

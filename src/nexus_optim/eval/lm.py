@@ -5,7 +5,7 @@ object with ``.logits`` [batch, time, vocab] (HF models, or small test modules).
 
 Every sequence starts with the EOS token when ``prefix_eos`` (the training data has EOS
 between documents, so a document start follows EOS); the exported HF tokenizer does the
-same (see `nexus_optim.eval.export`), so lm-evaluation-harness sees identical inputs.
+same (see `nexus_optim.models.export`), so lm-evaluation-harness sees identical inputs.
 
 * `loglikelihoods`: ``sum_t log p(cont_t | context, cont_<t)`` for (context, continuation)
   pairs; context and continuation are tokenized separately and concatenated; the context is
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nexus_optim.eval.losses import autocast_for
+from nexus_optim.runtime import autocast_for
 
 
 def model_device(model) -> torch.device:

@@ -12,19 +12,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
 import torch
 
 from nexus_optim.data.windows import iter_eval_windows, num_eval_windows
-
-
-def autocast_for(device: torch.device, bf16: bool):
-    if device.type == "cuda" and bf16:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+from nexus_optim.runtime import autocast_for
 
 
 @torch.no_grad()
@@ -41,19 +35,8 @@ def token_nll(model: torch.nn.Module, input_ids: torch.Tensor) -> tuple[float, i
 def source_loss(model, tokens, seq_len: int, batch_size: int, max_tokens: int | None,
                 device: torch.device, bf16: bool = True) -> tuple[float, int]:
     """Mean NLL (nats/token) over deterministic windows of a token array; (loss, n_tokens)."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    try:
-        for batch in iter_eval_windows(tokens, seq_len, batch_size, max_tokens):
-            with autocast_for(device, bf16):
-                s, n = token_nll(model, batch.to(device))
-            total, count = total + s, count + n
-    finally:
-        model.train(was_training)
-    if count == 0:
-        raise ValueError(f"eval: a val split has fewer than {seq_len} tokens")
-    return total / count, count
+    m = source_metrics(model, tokens, seq_len, batch_size, max_tokens, device, bf16)
+    return m["loss"], m["tokens"]
 
 
 def evaluate_sources(model, prepared, seq_len: int, batch_size: int, max_tokens: int | None,

@@ -56,81 +56,88 @@ def _save(plt, fig, path) -> None:
     plt.close(fig)
 
 
+def _loss_curves(plt, groups, runs, colors, metric, target, out: Path) -> list[str]:
+    keys = sorted({k for r in runs for x in r.curve for k in x if k.startswith("val/")},
+                  key=lambda k: (k != "val/id", k != "val/ood", k))
+    if not keys:
+        return []
+    ncol = min(3, len(keys))
+    nrow = math.ceil(len(keys) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.3 * ncol, 3.3 * nrow), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        for label, rs in groups.items():
+            for j, r in enumerate(rs):
+                x, y = _series(r, key)
+                ax.plot(x, y, color=colors[label], alpha=0.8, lw=1.2,
+                        label=label if j == 0 else None)
+        if key == metric:
+            ax.axhline(target, color="k", ls="--", lw=0.8, label="matched loss")
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("tokens", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    _save(plt, fig, out / "loss_curves.png")
+    return ["loss_curves.png"]
+
+
+def _ood_vs_id(plt, groups, runs, colors, metric, target, matched, out: Path) -> list[str]:
+    if not (any(_series(r, "val/ood")[0] for r in runs) and any(_series(r, metric)[0] for r in runs)):
+        return []
+    fig, ax = plt.subplots(figsize=(5.2, 4.2))
+    for label, rs in groups.items():
+        for j, r in enumerate(rs):
+            pts = [(x[metric], x["val/ood"]) for x in r.curve
+                   if isinstance(x.get(metric), (int, float))
+                   and isinstance(x.get("val/ood"), (int, float))]
+            if pts:
+                ax.plot(*zip(*pts), "-", color=colors[label], alpha=0.8, lw=1.2,
+                        label=label if j == 0 else None)
+            m = matched.get(str(r.path))
+            if m and "val/ood" in m:
+                ax.plot([m[metric]], [m["val/ood"]], "o", color=colors[label], ms=5)
+    ax.axvline(target, color="k", ls="--", lw=0.8)
+    ax.invert_xaxis()
+    ax.set_xlabel(f"{metric} (training goes right)", fontsize=8)
+    ax.set_ylabel("val/ood", fontsize=8)
+    ax.set_title("OOD loss vs in-distribution loss (dots: matched loss)", fontsize=9)
+    ax.legend(fontsize=7)
+    _save(plt, fig, out / "ood_vs_id.png")
+    return ["ood_vs_id.png"]
+
+
+def _grad_sim(plt, groups, runs, colors, out: Path) -> list[str]:
+    if not any(_series(r, "geom/grad_sim")[0] for r in runs):
+        return []
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    for label, rs in groups.items():
+        for j, r in enumerate(rs):
+            x, y = _series(r, "geom/grad_sim")
+            if x:
+                ax.plot(x, y, "-o", ms=3, color=colors[label], alpha=0.8,
+                        label=label if j == 0 else None)
+    ax.axhline(0.0, color="k", lw=0.5)
+    ax.set_xlabel("tokens", fontsize=8)
+    ax.set_ylabel("mean off-diagonal cosine", fontsize=8)
+    ax.set_title("source gradient similarity (geom/grad_sim)", fontsize=9)
+    ax.legend(fontsize=7)
+    _save(plt, fig, out / "grad_sim.png")
+    return ["grad_sim.png"]
+
+
 def make_plots(groups: dict, report: dict, out: Path) -> list[str]:
     """Write the plots that the data allows; returns their file names."""
     plt = _plt()
     out = Path(out)
     colors = _colors(list(groups))
     runs = [r for rs in groups.values() for r in rs]
-    written: list[str] = []
     target = report["target"]["value"]
     metric = report["metric"]
     matched = {r["dir"]: r["matched"] for r in report["runs"]}
-
-    # loss curves
-    keys = sorted({k for r in runs for x in r.curve for k in x if k.startswith("val/")},
-                  key=lambda k: (k != "val/id", k != "val/ood", k))
-    if keys:
-        ncol = min(3, len(keys))
-        nrow = math.ceil(len(keys) / ncol)
-        fig, axes = plt.subplots(nrow, ncol, figsize=(4.3 * ncol, 3.3 * nrow), squeeze=False)
-        for ax, key in zip(axes.flat, keys):
-            for label, rs in groups.items():
-                for j, r in enumerate(rs):
-                    x, y = _series(r, key)
-                    ax.plot(x, y, color=colors[label], alpha=0.8, lw=1.2,
-                            label=label if j == 0 else None)
-            if key == metric:
-                ax.axhline(target, color="k", ls="--", lw=0.8, label="matched loss")
-            ax.set_title(key, fontsize=9)
-            ax.set_xlabel("tokens", fontsize=8)
-            ax.tick_params(labelsize=7)
-        for ax in list(axes.flat)[len(keys):]:
-            ax.axis("off")
-        axes.flat[0].legend(fontsize=7)
-        _save(plt, fig, out / "loss_curves.png")
-        written.append("loss_curves.png")
-
-    # OOD vs in-distribution
-    if any(_series(r, "val/ood")[0] for r in runs) and any(_series(r, metric)[0] for r in runs):
-        fig, ax = plt.subplots(figsize=(5.2, 4.2))
-        for label, rs in groups.items():
-            for j, r in enumerate(rs):
-                pts = [(x[metric], x["val/ood"]) for x in r.curve
-                       if isinstance(x.get(metric), (int, float))
-                       and isinstance(x.get("val/ood"), (int, float))]
-                if pts:
-                    ax.plot(*zip(*pts), "-", color=colors[label], alpha=0.8, lw=1.2,
-                            label=label if j == 0 else None)
-                m = matched.get(str(r.path))
-                if m and "val/ood" in m:
-                    ax.plot([m[metric]], [m["val/ood"]], "o", color=colors[label], ms=5)
-        ax.axvline(target, color="k", ls="--", lw=0.8)
-        ax.invert_xaxis()
-        ax.set_xlabel(f"{metric} (training goes right)", fontsize=8)
-        ax.set_ylabel("val/ood", fontsize=8)
-        ax.set_title("OOD loss vs in-distribution loss (dots: matched loss)", fontsize=9)
-        ax.legend(fontsize=7)
-        _save(plt, fig, out / "ood_vs_id.png")
-        written.append("ood_vs_id.png")
-
-    # grad-sim over training
-    if any(_series(r, "geom/grad_sim")[0] for r in runs):
-        fig, ax = plt.subplots(figsize=(5.2, 3.6))
-        for label, rs in groups.items():
-            for j, r in enumerate(rs):
-                x, y = _series(r, "geom/grad_sim")
-                if x:
-                    ax.plot(x, y, "-o", ms=3, color=colors[label], alpha=0.8,
-                            label=label if j == 0 else None)
-        ax.axhline(0.0, color="k", lw=0.5)
-        ax.set_xlabel("tokens", fontsize=8)
-        ax.set_ylabel("mean off-diagonal cosine", fontsize=8)
-        ax.set_title("source gradient similarity (geom/grad_sim)", fontsize=9)
-        ax.legend(fontsize=7)
-        _save(plt, fig, out / "grad_sim.png")
-        written.append("grad_sim.png")
-
+    written = _loss_curves(plt, groups, runs, colors, metric, target, out)
+    written += _ood_vs_id(plt, groups, runs, colors, metric, target, matched, out)
+    written += _grad_sim(plt, groups, runs, colors, out)
     summ = report["extra"]["summary"]
     if summ.get("closeness/variance"):
         keys = [k for k in ("closeness/variance", "closeness/mean_distance_from_start",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nexus_optim.eval.stats import fmt, fmt_summary
+from nexus_optim.report.stats import fmt, fmt_summary
 
 
 _DIRECTION_NOTE = {"lower": " (lower is better)", "higher": " (higher is better)"}

@@ -17,7 +17,7 @@ import torch
 from .tasks import forward, mse, unflatten
 
 __all__ = ["cosine_matrix", "mean_pairwise_cosine", "source_losses", "source_grads", "finetune",
-           "minima_spread", "welch", "paired"]
+           "minima_spread", "paired"]
 
 
 def cosine_matrix(G: torch.Tensor, eps: float = 1e-30) -> torch.Tensor:
@@ -75,17 +75,6 @@ def minima_spread(thetas: torch.Tensor, start: torch.Tensor) -> dict:
         "minima_dist_from_start": float((thetas - start).norm(dim=1).mean()),
         "centroid_dist_from_start": float((c - start).norm()),
     }
-
-
-def welch(a, b) -> dict:
-    """Welch t-test of mean(a) vs mean(b) (scipy ttest_ind, equal_var=False)."""
-    from scipy import stats
-
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    if len(a) < 2 or len(b) < 2 or (a.std() == 0 and b.std() == 0):
-        return {"t": float("nan"), "p": float("nan")}
-    r = stats.ttest_ind(a, b, equal_var=False)
-    return {"t": float(r.statistic), "p": float(r.pvalue)}
 
 
 def paired(a, b) -> dict:

@@ -17,10 +17,13 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from nexus_optim.optim import Nexus
+from nexus_optim.train.step import outer_step, protocol_of
+
 from .metrics import finetune, mean_pairwise_cosine, minima_spread, source_grads, source_losses
 from .tasks import ModelConfig, TaskConfig, flatten, forward, init_params, make_tasks, mse, param_shapes, unflatten
 
-__all__ = ["TrainConfig", "METHODS", "nexus_class", "train_to_thresholds", "endpoint_metrics", "run_seed"]
+__all__ = ["TrainConfig", "METHODS", "train_to_thresholds", "endpoint_metrics", "run_seed"]
 
 
 @dataclass
@@ -45,15 +48,6 @@ METHODS = {
     "nexus-disp g=0.1": dict(inner_lr=0.1, inner_norm="global", outer_grad="displacement"),
     "random g=0.1": dict(inner_lr=0.1, inner_norm="random", outer_grad="trajectory"),
 }
-
-
-def nexus_class():
-    """The library optimizer (import deferred so the quadratic toy works without it)."""
-    try:
-        from nexus_optim import Nexus
-    except ImportError:
-        from nexus_optim.optim.nexus import Nexus
-    return Nexus
 
 
 def _summed_loss(flat, shapes, act, X, Y) -> float:
@@ -81,7 +75,7 @@ def train_to_thresholds(data, init, shapes, act, method_opts, cfg: TrainConfig, 
     if method_opts is None:
         opt = torch.optim.AdamW(params, **okw)
     else:
-        opt = nexus_class()(params, inner_steps=K, outer=torch.optim.AdamW, seed=seed, **method_opts, **okw)
+        opt = Nexus(params, inner_steps=K, outer=torch.optim.AdamW, seed=seed, **method_opts, **okw)
     gen = torch.Generator().manual_seed(10_000 + seed)
     loss_of = lambda th: _summed_loss(th, shapes, act, X, Y)  # noqa: E731
     prev = flatten(params).detach().clone()
@@ -89,17 +83,8 @@ def train_to_thresholds(data, init, shapes, act, method_opts, cfg: TrainConfig, 
     todo = sorted(cfg.thresholds, reverse=True)
     points, steps = {}, {}
     for t in range(1, cfg.max_outer + 1):
-        for k in torch.randperm(K, generator=gen).tolist():
-            loss = mse(forward(params, X[k], act), Y[k])
-            if method_opts is None:
-                (loss / K).backward()
-            else:
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-        if method_opts is None:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        order = torch.randperm(K, generator=gen).tolist()
+        outer_step(opt, protocol_of(opt), K, lambda i: mse(forward(params, X[order[i]], act), Y[order[i]]))
         cur = flatten(params).detach().clone()
         curve.append(loss_of(cur))
         if not torch.isfinite(torch.tensor(curve[-1])):

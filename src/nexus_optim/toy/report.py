@@ -50,8 +50,6 @@ def _over_tables(ov):
     lines = [f"Seeds: {ov['seeds']}. Methods: {', '.join(s['methods'])}.", "",
              f"Reference: held-out MSE of the mean teacher (best single predictor) = "
              f"{sum(orc) / len(orc):.4f} (mean over seeds); predicting 0 gives about 1.0."]
-    if ov.get("skipped"):
-        lines.append(f"Skipped (Nexus optimizer not importable): {', '.join(ov['skipped'])}.")
     for c in s["thresholds"]:
         lines += ["", f"### Matched summed training loss = {c}", "",
                   "| method | reached | " + " | ".join(h for _, h, _ in COLS) + " |",

@@ -7,11 +7,12 @@ Writes toy.json, toy.md and PNG figures into out_dir.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import replace
 from pathlib import Path
+
+from nexus_optim.runtime import write_json, write_text
 
 __all__ = ["run_toy", "toy_config"]
 
@@ -29,27 +30,6 @@ def toy_config(quick: bool = False):
         n_seeds = 2
         methods = {k: METHODS[k] for k in ("adamw", "nexus g=0.1")}
     return quad, cfg, n_seeds, methods
-
-
-def _nexus_ok() -> bool:
-    from .overparam import nexus_class
-
-    try:
-        nexus_class()
-        return True
-    except ImportError:
-        return False
-
-
-def _clean(x):
-    """JSON-safe: NaN/inf -> None, tuples -> lists."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    return x
 
 
 def _headline(quad: dict, summary: dict, out: str) -> dict:
@@ -80,11 +60,6 @@ def run_toy(out_dir, seed: int = 0, quick: bool = False) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     quad_cfg, cfg, n_seeds, methods = toy_config(quick)
-    skipped = []
-    if not _nexus_ok():
-        skipped = [m for m, o in methods.items() if o is not None]
-        methods = {m: o for m, o in methods.items() if o is None}
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: threading only adds overhead
     try:
@@ -100,11 +75,11 @@ def run_toy(out_dir, seed: int = 0, quick: bool = False) -> dict:
         "config": {"quadratic": quad_cfg, "overparam": config_dict(cfg),
                    "methods": {m: o for m, o in methods.items()}},
         "quadratic": quad,
-        "overparam": {"seeds": seeds, "skipped": skipped, "summary": summary, "runs": runs},
+        "overparam": {"seeds": seeds, "summary": summary, "runs": runs},
     }
     result["seconds"] = time.perf_counter() - t0
     result["files"] = ["toy.json", "toy.md"] + plot_all(result, out)
     result["seconds"] = time.perf_counter() - t0
-    (out / "toy.md").write_text(render_markdown(result))
-    (out / "toy.json").write_text(json.dumps(_clean(result), indent=1))
+    write_text(out / "toy.md", render_markdown(result))
+    write_json(out / "toy.json", result)
     return result

@@ -12,12 +12,20 @@ import math
 
 import numpy as np
 
-from .metrics import paired, welch
+from nexus_optim.report.stats import welch
+
+from .metrics import paired
 
 __all__ = ["METRICS", "summarize"]
 
 METRICS = ["train_loss", "grad_cos", "minima_var", "minima_pair_dist", "minima_dist_from_start", "ft_source_loss",
            "test_in_source", "heldout", "heldout_ft", "dist_to_mean_teacher", "param_norm"]
+
+
+def _welch_tp(a, b) -> dict:
+    """Welch t and p (``report/stats.py``); NaN where no test is possible."""
+    w = welch(a, b)
+    return {"t": w["t"], "p": w["p"]} if w["testable"] else {"t": math.nan, "p": math.nan}
 
 
 def _vals(runs, method, c, key):
@@ -74,6 +82,6 @@ def summarize(runs: list[dict], thresholds, baseline: str = "adamw") -> dict:
                 a, b = _vals(runs, m, c, k), _vals(runs, baseline, c, k)
                 ok = np.isfinite(a) & np.isfinite(b)
                 out["tests"][c][m][k] = {"delta": float(a[ok].mean() - b[ok].mean()) if ok.any() else math.nan,
-                                         "welch": welch(a[ok], b[ok]), "paired": paired(a[ok], b[ok])}
+                                         "welch": _welch_tp(a[ok], b[ok]), "paired": paired(a[ok], b[ok])}
         out["premise"][c] = _premise(runs, methods, c)
     return out

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from nexus_optim.models.export import export_hf
 from nexus_optim.train.checkpoint import (MANIFEST, WEIGHT_FILES, CheckpointError,
                                           find_checkpoint, load_weights, read_manifest, read_meta,
                                           verify_checkpoint)
@@ -203,3 +204,15 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu",
     meta = read_meta(ckpt)
     state = {"step": meta.get("step"), "tokens": meta.get("tokens")}
     return model.to(device).eval(), cfg, prepared, state
+
+
+def export_checkpoint(path: str | Path, out_dir: str | Path, data_dir: str | Path | None = None,
+                      prepare: bool = False) -> Path:
+    """`export_hf` of a checkpoint directory or a run directory's newest usable checkpoint
+    (weights, config and the run's tokenizer only; ``data_dir`` / ``prepare`` as for
+    `load_trained`)."""
+    ckpt = resolve_checkpoint(path)
+    model, cfg, prepared, state = load_trained(ckpt, data_dir=data_dir, prepare=prepare)
+    meta = {"checkpoint": str(ckpt.resolve()), "step": state.get("step"),
+            "tokens": state.get("tokens"), "preset": cfg.model.preset, "seq_len": cfg.model.seq_len}
+    return export_hf(model.float(), prepared.tokenizer(), out_dir, max_length=cfg.model.seq_len, meta=meta)

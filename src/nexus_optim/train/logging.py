@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from nexus_optim.runtime import write_text
 
 
 class MetricsLogger:
@@ -22,9 +23,7 @@ class MetricsLogger:
         if resume_step is not None and self.path.exists():
             kept = [l for l in self.path.read_text().splitlines()
                     if l.strip() and json.loads(l)["step"] <= resume_step]
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text("".join(l + "\n" for l in kept))
-            os.replace(tmp, self.path)
+            write_text(self.path, "".join(l + "\n" for l in kept))
         elif resume_step is None and self.path.exists():
             self.path.unlink()
         if tensorboard:

@@ -27,16 +27,13 @@ resume-or-start); a resumed run must keep its optimizer, model, data and tokens 
 
 from __future__ import annotations
 
-import contextlib
-
 import dataclasses
 import json
 import math
-import os
-import signal
 import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -44,27 +41,21 @@ import yaml
 
 from nexus_optim.data.prepare import prepare_data
 from nexus_optim.data.sampler import MixtureSampler
-from nexus_optim.eval.losses import autocast_for, evaluate_sources
+from nexus_optim.eval.losses import evaluate_sources
+from nexus_optim.models.export import export_hf
 from nexus_optim.models.presets import build_model, count_params
-from nexus_optim.optim import Nexus
 from nexus_optim.optim.distributed import backward_context, ddp_kwargs
+from nexus_optim.runtime import autocast_for, pick_device, write_text
 from nexus_optim.train.checkpoint import (CheckpointError, load_checkpoint, rng_state,
                                           save_checkpoint, set_rng_state)
 from nexus_optim.train.config import Config, save_config
 from nexus_optim.train.distributed import replica_mismatches, setup_distributed
 from nexus_optim.train.logging import MetricsLogger
-from nexus_optim.train.optimizers import build_optimizer
+from nexus_optim.train.optimizers import build_optimizer, step_protocol
 from nexus_optim.train.run_info import run_meta
 from nexus_optim.train.rundir import open_run_dir
 from nexus_optim.train.schedules import build_scheduler
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device: 'cuda' requested but no CUDA device is available")
-    return torch.device(name)
+from nexus_optim.train.step import at_outer_weights, data_parallel_modes, outer_step, step_counters
 
 
 def build_sampler(cfg: Config, prepared, rank: int = 0, world: int = 1) -> MixtureSampler:
@@ -99,13 +90,16 @@ class Trainer:
     there is a checkpoint, else start). ``overwrite``: delete the run in ``out_dir`` first.
     """
 
-    def __init__(self, cfg: Config, resume: bool | str = False, overwrite: bool = False):
+    def __init__(self, cfg: Config, resume: bool | str = False, overwrite: bool = False,
+                 callbacks: tuple[Callable[["Trainer"], None], ...] = ()):
         self.cfg = cfg
+        # called with the trainer after every outer step (its eval and checkpoint included)
+        self.callbacks = list(callbacks)
         t = cfg.train
         self.out = Path(t.out_dir)
         mode = start_mode(resume, overwrite)
         self.dist, self.device = setup_distributed(pick_device(t.device))
-        rank, world, main = self.dist.rank, self.dist.world, self.dist.is_main
+        main = self.dist.is_main
         # rank 0 locks and checks the run directory; every rank gets its verdict
         self.lock, verdict = None, None
         if main:
@@ -127,12 +121,9 @@ class Trainer:
     def _setup(self, resume_from: Path | None) -> None:
         cfg, t = self.cfg, self.cfg.train
         rank, world, main = self.dist.rank, self.dist.world, self.dist.is_main
-        # backward_context mode: "none" (one process), "accumulate" (AdamW), or
-        # train.inner_sync (Nexus, Fish, random-control)
-        if world == 1:
-            self.sync_mode = "none"
-        else:
-            self.sync_mode = "accumulate" if cfg.optim.name in ("adamw", "muon") else t.inner_sync
+        self.protocol = step_protocol(cfg.optim.name)
+        # backward_context mode ("none" | "accumulate" | "sync" | "local") and Nexus' inner_sync
+        self.sync_mode, inner_sync = data_parallel_modes(self.protocol, world, t.inner_sync)
         if t.threads:
             torch.set_num_threads(t.threads)
         torch.manual_seed(t.seed)
@@ -146,7 +137,7 @@ class Trainer:
                                  **cfg.model.overrides).to(self.device)
         self.n_params = count_params(self.model)
         self.optimizer = build_optimizer(cfg.optim, self.model, seed=t.seed,
-                                         inner_sync="auto" if world == 1 else t.inner_sync)
+                                         inner_sync=inner_sync)
         self.scheduler = build_scheduler(self.optimizer, t.steps, cfg.schedule.kind,
                                          cfg.schedule.warmup_steps, cfg.schedule.min_lr_ratio,
                                          cfg.schedule.decay_fraction)
@@ -170,7 +161,7 @@ class Trainer:
         self.prepared_json = json.dumps(dataclasses.asdict(self.prepared), indent=1, sort_keys=True)
         if main:
             save_config(cfg, self.out / "config.yaml")
-            _write_atomic(self.out / "prepared.json", self.prepared_json)
+            write_text(self.out / "prepared.json", self.prepared_json)
             extra = {"world_size": world, "inner_sync": self.sync_mode} if world > 1 else {}
             self.meta = run_meta(t.seed, {"n_params": self.n_params, "device": str(self.device),
                                           "resumed_from": str(resume_from) if resume_from else None,
@@ -183,35 +174,21 @@ class Trainer:
         return self.cfg.tokens_per_step() * self.dist.world
 
     # --------------------------------------------------------------------------- steps
-    def _micro_batch_loss(self) -> tuple[torch.Tensor, str]:
-        mb = self.sampler.next()
-        ids = mb.input_ids.to(self.device, non_blocking=True)
+    def _micro_batch_loss(self, _i: int = 0) -> torch.Tensor:
+        ids = self.sampler.next().input_ids.to(self.device, non_blocking=True)
         with autocast_for(self.device, self.cfg.train.bf16):
-            loss = self.forward(input_ids=ids, labels=ids).loss
-        return loss, mb.source
+            return self.forward(input_ids=ids, labels=ids).loss
 
     def train_step(self) -> dict:
-        """One outer step: K micro-batches; returns the mean micro-batch loss."""
+        """One outer step (``train/step.py``); returns the mean micro-batch loss."""
         K = self.cfg.optim.inner_steps
-        opt = self.optimizer
         net = self.ddp if self.ddp is not None else self.model
-        losses = []
-        for k in range(K):
-            # DDP decides in forward whether this backward reduces: both go in the context
-            with backward_context(net, self.sync_mode, last_micro_batch=k == K - 1):
-                loss, _source = self._micro_batch_loss()
-                (loss if isinstance(opt, Nexus) else loss / K).backward()
-            if isinstance(opt, Nexus):
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            losses.append(loss.detach())
-        if isinstance(opt, Nexus):
-            assert opt.last_step_was_outer or opt.skipped_micro_batches > 0
-        else:
-            if self.cfg.optim.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.max_grad_norm)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        # DDP decides in forward whether this backward reduces: both go in the context
+        losses = outer_step(
+            self.optimizer, self.protocol, K, self._micro_batch_loss,
+            backward_context=lambda i: backward_context(net, self.sync_mode,
+                                                        last_micro_batch=i == K - 1),
+            clip_params=self.model.parameters(), max_grad_norm=self.cfg.optim.max_grad_norm)
         self.scheduler.step()
         self.step += 1
         self.tokens += self.tokens_per_step()
@@ -221,12 +198,11 @@ class Trainer:
         """Losses (and gradient cosines) at the outer weights: ``Nexus.outer_weights()``
         swaps the anchor in if the model is mid inner loop (a no-op at an outer step)."""
         t = self.cfg.train
-        opt = self.optimizer
-        with opt.outer_weights() if isinstance(opt, Nexus) else contextlib.nullcontext():
+        with at_outer_weights(self.optimizer):
             out = evaluate_sources(self.model, self.prepared, self.cfg.model.seq_len,
                                    t.eval_batch_size, t.eval_tokens, self.device, t.bf16)
-            if t.grad_sim_batches > 0:  # geom/cos/<a>/<b>, geom/grad_sim (eval/geometry_gradsim.py)
-                from nexus_optim.eval.geometry_gradsim import grad_sim_metrics
+            if t.grad_sim_batches > 0:  # geom/cos/<a>/<b>, geom/grad_sim (eval/gradsim.py)
+                from nexus_optim.eval.gradsim import grad_sim_metrics
                 out.update(grad_sim_metrics(self.model, self.prepared, self.cfg))
         return out
 
@@ -280,8 +256,6 @@ class Trainer:
     def export_hf(self, out_dir: str | Path | None = None) -> Path:
         """``save_pretrained`` + tokenizer (EOS-prefixing, as in training), loadable with
         ``AutoModelForCausalLM`` / ``AutoTokenizer`` and ``lm_eval --model hf``."""
-        from nexus_optim.eval.export import export_hf
-
         return export_hf(self.model, self.tokenizer, out_dir or self.out / "hf",
                          max_length=self.cfg.model.seq_len,
                          meta={**self.meta, "step": self.step, "tokens": self.tokens})
@@ -306,57 +280,54 @@ class Trainer:
         from tqdm.auto import tqdm
 
         t = self.cfg.train
-        main = self.dist.is_main
         stop = t.steps if until is None else min(until, t.steps)
-        bar = tqdm(total=t.steps, initial=self.step, disable=not (t.progress and main),
+        bar = tqdm(total=t.steps, initial=self.step, disable=not (t.progress and self.dist.is_main),
                    unit="step", desc=f"{self.cfg.optim.name} seed {t.seed}", dynamic_ncols=True)
-        # test hook (tests/train/test_torchrun.py): the last rank SIGKILLs itself after
-        # this outer step, as a crashed worker would; only in torchrun's first attempt
-        kill_at = os.environ.get("NEXUS_TEST_KILL_AT_STEP")
-        first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
-        kill_at = (int(kill_at) if kill_at and first_attempt
-                   and self.dist.rank == self.dist.world - 1 else None)
-        last_eval: dict = {}
-        window_start, window_tokens = time.perf_counter(), 0
+        self._last_eval: dict = {}
+        self._window = [time.perf_counter(), 0]  # start time, tokens since
         while self.step < stop:
             metrics = self.train_step()
-            window_tokens += self.tokens_per_step()
+            self._window[1] += self.tokens_per_step()
             if self.dist.enabled:  # the mean over ranks: every rank sees the same value
                 metrics["train/loss"] = self.dist.mean(metrics["train/loss"], self.device)
             if not math.isfinite(metrics["train/loss"]):
                 raise FloatingPointError(f"training loss is {metrics['train/loss']} at step {self.step}")
-            done = self.step == t.steps
-            if self.step % t.log_every == 0 or done:
-                elapsed = time.perf_counter() - window_start
-                metrics.update({"lr": self.optimizer.param_groups[0]["lr"], "tokens": self.tokens,
-                                "tokens_per_s": window_tokens / max(elapsed, 1e-9)})
-                if isinstance(self.optimizer, Nexus):
-                    metrics["skipped_micro_batches"] = self.optimizer.skipped_micro_batches
-                self.logger.log(self.step, metrics)
-                bar.set_postfix(loss=f"{metrics['train/loss']:.3f}",
-                                tok_s=f"{metrics['tokens_per_s']:.0f}")
-                window_start, window_tokens = time.perf_counter(), 0
-            if (t.eval_every and self.step % t.eval_every == 0) or done:
-                if main:  # on the plain module: no DDP hook fires, no collective
-                    last_eval = self.evaluate()
-                    self.logger.log(self.step, {**last_eval, "tokens": self.tokens})
-                self.dist.barrier()
-                window_start = time.perf_counter()  # eval time is not training time
-            if (t.ckpt_every and self.step % t.ckpt_every == 0) or done:
-                if self.dist.enabled:  # rank 0 saves its copy: check that all are the same
-                    self._check_replicas()
-                self.save()
-                window_start = time.perf_counter()
+            self._after_step(metrics, bar)
             bar.update(1)
-            if kill_at is not None and self.step == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
+            for callback in self.callbacks:
+                callback(self)
         bar.close()
         self.logger.close()
         if t.export_hf and self.step == t.steps:
-            if main:
+            if self.dist.is_main:
                 self.export_hf()
             self.dist.barrier()
-        return {"step": self.step, "tokens": self.tokens, **last_eval}
+        return {"step": self.step, "tokens": self.tokens, **self._last_eval}
+
+    def _after_step(self, metrics: dict, bar) -> None:
+        """Log, evaluate and checkpoint after an outer step, as the config says."""
+        t = self.cfg.train
+        done = self.step == t.steps
+        if self.step % t.log_every == 0 or done:
+            elapsed = time.perf_counter() - self._window[0]
+            metrics.update({"lr": self.optimizer.param_groups[0]["lr"], "tokens": self.tokens,
+                            "tokens_per_s": self._window[1] / max(elapsed, 1e-9)})
+            metrics.update(step_counters(self.optimizer))
+            self.logger.log(self.step, metrics)
+            bar.set_postfix(loss=f"{metrics['train/loss']:.3f}",
+                            tok_s=f"{metrics['tokens_per_s']:.0f}")
+            self._window = [time.perf_counter(), 0]
+        if (t.eval_every and self.step % t.eval_every == 0) or done:
+            if self.dist.is_main:  # on the plain module: no DDP hook fires, no collective
+                self._last_eval = self.evaluate()
+                self.logger.log(self.step, {**self._last_eval, "tokens": self.tokens})
+            self.dist.barrier()
+            self._window[0] = time.perf_counter()  # eval time is not training time
+        if (t.ckpt_every and self.step % t.ckpt_every == 0) or done:
+            if self.dist.enabled:  # rank 0 saves its copy: check that all are the same
+                self._check_replicas()
+            self.save()
+            self._window[0] = time.perf_counter()
 
     def _check_replicas(self) -> None:
         """Log ``dist/replica_mismatches``: parameter tensors whose bits differ from
@@ -373,20 +344,15 @@ class Trainer:
         self.dist.close()
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def train(cfg: Config, resume: bool | str = False, overwrite: bool = False) -> dict:
+def train(cfg: Config, resume: bool | str = False, overwrite: bool = False,
+          callbacks: tuple[Callable[[Trainer], None], ...] = ()) -> dict:
     """Train a new run, or resume from the newest complete checkpoint in
     ``train.out_dir`` (see `Trainer` for ``resume`` / ``overwrite``); under torchrun, on
     every rank, destroying the process group at the end."""
     had_group = dist.is_available() and dist.is_initialized()
     trainer = None
     try:
-        trainer = Trainer(cfg, resume=resume, overwrite=overwrite)
+        trainer = Trainer(cfg, resume=resume, overwrite=overwrite, callbacks=callbacks)
         return trainer.run()
     finally:
         if trainer is not None:

@@ -20,34 +20,85 @@ from nexus_optim.optim import Nexus, recipes
 from nexus_optim.optim.factory import param_groups
 from nexus_optim.optim.mixed import MuonAdamW, muon_param_groups
 from nexus_optim.train.config import OptimConfig
+from nexus_optim.train.step import ACCUMULATE, PER_MICRO_BATCH, StepProtocol
+
+
+def _adam(cfg: OptimConfig) -> dict:
+    return dict(betas=tuple(cfg.betas), eps=cfg.eps)
+
+
+def _nexus_common(cfg: OptimConfig, seed: int, inner_sync: str | None) -> dict:
+    return dict(inner_steps=cfg.inner_steps, max_grad_norm=cfg.max_grad_norm,
+                inner_lr_follows_lr=cfg.inner_lr_follows_lr, seed=seed, inner_sync=inner_sync)
+
+
+def _groups(cfg: OptimConfig, model: torch.nn.Module) -> list[dict]:
+    return param_groups(model, cfg.weight_decay, cfg.no_decay_norms_and_biases)
+
+
+def _muon_groups(cfg: OptimConfig, model: torch.nn.Module) -> list[dict]:
+    return muon_param_groups(model, cfg.weight_decay, cfg.no_decay_norms_and_biases)
+
+
+def _build_adamw(cfg, model, seed, inner_sync):
+    return torch.optim.AdamW(_groups(cfg, model), lr=cfg.lr, **_adam(cfg))
+
+
+def _build_nexus(cfg, model, seed, inner_sync):
+    return Nexus(_groups(cfg, model), lr=cfg.lr, inner_lr=cfg.inner_lr, inner_norm=cfg.inner_norm,
+                 outer_grad=cfg.outer_grad, **_nexus_common(cfg, seed, inner_sync), **_adam(cfg))
+
+
+def _build_random_control(cfg, model, seed, inner_sync):
+    return recipes.random_control(_groups(cfg, model), lr=cfg.lr, inner_lr=cfg.inner_lr,
+                                  **_nexus_common(cfg, seed, inner_sync), **_adam(cfg))
+
+
+def _build_fish(cfg, model, seed, inner_sync):
+    groups = _groups(cfg, model)
+    for g in groups:  # outer SGD: decoupled weight decay does not apply
+        g.pop("weight_decay")
+    return recipes.fish(groups, inner_lr=cfg.inner_lr, meta_lr=cfg.lr,
+                        **_nexus_common(cfg, seed, inner_sync))
+
+
+def _build_muon(cfg, model, seed, inner_sync):
+    return MuonAdamW(_muon_groups(cfg, model), lr=cfg.lr, adjust_lr_fn="match_rms_adamw", **_adam(cfg))
+
+
+def _build_nexus_muon(cfg, model, seed, inner_sync):
+    return Nexus(_muon_groups(cfg, model), lr=cfg.lr, inner_lr=cfg.inner_lr,
+                 inner_norm=cfg.inner_norm, outer_grad=cfg.outer_grad, outer=MuonAdamW,
+                 **_nexus_common(cfg, seed, inner_sync), adjust_lr_fn="match_rms_adamw",
+                 **_adam(cfg))
+
+
+# optim.name -> (builder(cfg, model, seed, inner_sync), how the outer step drives it)
+OPTIMIZERS: dict[str, tuple] = {
+    "adamw": (_build_adamw, ACCUMULATE),
+    "nexus": (_build_nexus, PER_MICRO_BATCH),
+    "fish": (_build_fish, PER_MICRO_BATCH),
+    "random-control": (_build_random_control, PER_MICRO_BATCH),
+    "muon": (_build_muon, ACCUMULATE),
+    "nexus-muon": (_build_nexus_muon, PER_MICRO_BATCH),
+}
+
+
+def _entry(name: str) -> tuple:
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optim.name: {name!r} is not one of "
+                         + ", ".join(repr(n) for n in OPTIMIZERS))
+    return OPTIMIZERS[name]
+
+
+def step_protocol(name: str) -> StepProtocol:
+    """How ``train/step.py`` drives the optimizer ``optim.name`` = ``name``."""
+    return _entry(name)[1]
 
 
 def build_optimizer(cfg: OptimConfig, model: torch.nn.Module, seed: int = 0,
                     inner_sync: str | None = "auto") -> torch.optim.Optimizer:
-    """``inner_sync`` goes to the Nexus-based optimizers (docs/distributed.md); AdamW
-    ignores it (the loop accumulates with DDP ``no_sync`` on the first K-1 backwards)."""
-    adam = dict(betas=tuple(cfg.betas), eps=cfg.eps)
-    common = dict(inner_steps=cfg.inner_steps, max_grad_norm=cfg.max_grad_norm,
-                  inner_lr_follows_lr=cfg.inner_lr_follows_lr, seed=seed,
-                  inner_sync=inner_sync)
-    if cfg.name in ("muon", "nexus-muon"):
-        groups = muon_param_groups(model, cfg.weight_decay, cfg.no_decay_norms_and_biases)
-        muon = dict(adam, adjust_lr_fn="match_rms_adamw")
-        if cfg.name == "muon":
-            return MuonAdamW(groups, lr=cfg.lr, **muon)
-        return Nexus(groups, lr=cfg.lr, inner_lr=cfg.inner_lr, inner_norm=cfg.inner_norm,
-                     outer_grad=cfg.outer_grad, outer=MuonAdamW, **common, **muon)
-    groups = param_groups(model, cfg.weight_decay, cfg.no_decay_norms_and_biases)
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, **adam)
-    if cfg.name == "nexus":
-        return Nexus(groups, lr=cfg.lr, inner_lr=cfg.inner_lr, inner_norm=cfg.inner_norm,
-                     outer_grad=cfg.outer_grad, **common, **adam)
-    if cfg.name == "random-control":
-        return recipes.random_control(groups, lr=cfg.lr, inner_lr=cfg.inner_lr, **common, **adam)
-    if cfg.name == "fish":
-        for g in groups:  # outer SGD: decoupled weight decay does not apply
-            g.pop("weight_decay")
-        return recipes.fish(groups, inner_lr=cfg.inner_lr, meta_lr=cfg.lr, **common)
-    raise ValueError(f"optim.name: {cfg.name!r} is not one of 'adamw', 'nexus', 'fish', 'random-control', "
-                     "'muon', 'nexus-muon'")
+    """The optimizer ``cfg.name`` over ``model``'s parameter groups. ``inner_sync`` goes to
+    the Nexus-based optimizers (docs/distributed.md); the accumulating ones ignore it (the
+    outer step accumulates with DDP ``no_sync`` on the first K-1 backwards)."""
+    return _entry(cfg.name)[0](cfg, model, seed, inner_sync)

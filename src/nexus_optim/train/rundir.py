@@ -40,6 +40,7 @@ LOCK_NAME = ".nexus-train.lock"
 #: what a run writes into its directory (``--overwrite`` deletes exactly these)
 RUN_ARTIFACTS = ("checkpoints", "config.yaml", "meta.yaml", "metrics.jsonl", "metrics.tmp",
                  "tb", "hf", "prepared.json", "geometry.json")
+GEOMETRY_FILE = "geometry.json"  # written by `nexus geometry` (diagnostics/), read by `nexus compare`
 MODES = ("new", "overwrite", "resume", "resume-or-start")
 
 #: config keys that may differ on --resume: run length, cadence, where/how it runs.
@@ -50,6 +51,14 @@ RESUME_MAY_CHANGE = (
     "train.device", "train.progress", "train.export_hf", "train.threads", "train.out_dir",
     "model.compile", "data.data_dir",
 )
+
+
+def run_dir_of(path: str | Path) -> Path:
+    """The run directory of a run dir or of a checkpoint inside ``RUN/checkpoints/``."""
+    p = Path(path).resolve()
+    if p.parent.name == "checkpoints" and (p / "model.safetensors").is_file():
+        return p.parent.parent
+    return p
 
 
 # ---------------------------------------------------------------------------------- lock

@@ -5,15 +5,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device: 'cuda' requested but no CUDA device is available")
-    return torch.device(name)
+from nexus_optim.eval.losses import evaluate_losses
+from nexus_optim.eval.tasks import TaskContext, parse_tasks, run_tasks
+from nexus_optim.runtime import pick_device
+from nexus_optim.train.artifacts import load_trained, resolve_checkpoint
 
 
 def evaluate_checkpoint(path: str | Path, losses: bool = True, tasks=(), limit: int | None = None,
@@ -29,10 +24,6 @@ def evaluate_checkpoint(path: str | Path, losses: bool = True, tasks=(), limit: 
     the checkpoint's config only with ``prepare`` (`train.artifacts.load_trained`). Only
     the weights, config and metadata of the checkpoint are read, never its pickles.
     """
-    from nexus_optim.eval.losses import evaluate_losses
-    from nexus_optim.eval.tasks import TaskContext, parse_tasks, run_tasks
-    from nexus_optim.train.artifacts import load_trained, resolve_checkpoint
-
     tasks = parse_tasks(tasks) if tasks else []
     dev = pick_device(device)
     ckpt = resolve_checkpoint(path)

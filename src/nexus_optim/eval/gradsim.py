@@ -24,12 +24,10 @@ model's device), i.e. 4 * S * n_batches * n_params bytes.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
-from nexus_optim.eval.losses import autocast_for
+from nexus_optim.runtime import autocast_for
 
 
 def unique_params(model: torch.nn.Module) -> list[torch.Tensor]:
@@ -156,19 +154,3 @@ def grad_sim_metrics(model: torch.nn.Module, prepared, cfg, n_batches: int | Non
         out["geom/grad_sim"] = r["grad_sim"]
         out["geom/grad_sim_batch"] = r["grad_sim_batch"]
     return out
-
-
-def grad_sim_from_checkpoint(path: str | Path, batches: int = 8, batch_size: int | None = None,
-                             seed: int = 0, device: str = "auto") -> dict:
-    """``grad_similarity`` at a checkpoint (or a run dir's latest checkpoint), on the run's
-    train sources; adds ``checkpoint``, ``step``, ``tokens``."""
-    from nexus_optim.train.artifacts import load_trained, resolve_checkpoint
-    from nexus_optim.train.loop import pick_device
-
-    dev = pick_device(device)
-    model, cfg, prepared, state = load_trained(path, device=dev)
-    r = grad_similarity(model, train_sources_data(prepared), cfg.model.seq_len,
-                        batch_size or cfg.train.micro_batch_size, batches, seed=seed,
-                        bf16=cfg.train.bf16)
-    return {"checkpoint": str(resolve_checkpoint(path)), "step": state.get("step"),
-            "tokens": state.get("tokens"), **r}

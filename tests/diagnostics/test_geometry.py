@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from nexus_optim.eval.geometry_closeness import closeness, flat_params
-from nexus_optim.eval.geometry_gradsim import grad_sim_metrics, grad_similarity
+from nexus_optim.diagnostics.closeness import closeness, fine_tune, flat_params, load_flat
+from nexus_optim.eval.losses import source_loss
+from nexus_optim.eval.gradsim import grad_sim_metrics, grad_similarity
 from nexus_optim.models.presets import build_model
 from nexus_optim.train.config import from_dict
 
@@ -57,10 +58,15 @@ def test_grad_sim_identical_sources_cosine_one():
     assert np.allclose(cos, cos.T)
     assert np.all(np.abs(cos) <= 1 + 1e-6)
     bm, bs = np.array(r["cos_batch_mean"]), np.array(r["cos_batch_std"])
-    assert np.allclose(bm, bm.T) and np.all(bs >= 0)
+    assert np.allclose(bm, bm.T) and np.allclose(bs, bs.T)
     assert r["n_pairs"][0][0] == 3 and r["n_pairs"][0][1] == 9
     # identical sources: every pair (i, j) of a x b equals a pair of a x a, or is 1 (i == j)
     assert bm[0, 1] == pytest.approx((3 * 1.0 + 6 * bm[0, 0]) / 9, abs=1e-5)
+    # ... and their spread follows from a x a's three values (mean m, sample variance v):
+    # the 9 values are three 1s and each a x a value twice
+    m, v = bm[0, 0], bs[0, 0] ** 2
+    s1, s2 = 3 + 6 * m, 3 + 2 * (2 * v + 3 * m ** 2)
+    assert bs[0, 1] == pytest.approx(np.sqrt((s2 - s1 ** 2 / 9) / 8), abs=1e-5)
     off = [cos[i, j] for i in range(3) for j in range(3) if i != j]
     assert r["grad_sim"] == pytest.approx(np.mean(off))
     assert r["grad_sim"] < 1.0
@@ -103,7 +109,14 @@ def test_closeness_identical_sources_is_zero(name):
     assert it["alphas"] == [0.0, 0.5, 1.0]
     assert it["loss"]["a"]["a"][0] == r["start_loss"]["a"]
     assert it["loss"]["a"]["o"][-1] == cl[0, 2]
-    assert it["barrier"]["a"] >= 0
+    own = it["loss"]["a"]["a"]  # barrier: the largest excess over the straight line
+    assert it["barrier"]["a"] == pytest.approx(max(0.0, own[1] - (own[0] + own[2]) / 2), abs=1e-12)
+    # the midpoint is the loss at theta_0 + (theta_a - theta_0) / 2, evaluated independently
+    ft, _ = fine_tune(model, cfg, a, 2, seed=0, name="a")
+    probe = tiny_model()
+    load_flat(probe, (start + flat_params(ft)) / 2)
+    assert own[1] == pytest.approx(source_loss(probe, v, SEQ, 4, 64, torch.device("cpu"), False)[0],
+                                   rel=1e-6)
     json.dumps(r)
 
 

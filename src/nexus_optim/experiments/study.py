@@ -23,9 +23,12 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
-from nexus_optim.train.logging import read_metrics
+from nexus_optim.experiments.runs import final_eval, finished
+from nexus_optim.report import compare_runs
+from nexus_optim.runtime import write_json
 
 SWEEP_LRS = (1e-3, 3e-3, 1e-2)
 BASE_LR = 3e-3
@@ -34,17 +37,15 @@ SWEEP_FISH_INNER_LRS = (0.1, 0.3)
 FISH_META_LR = 0.5
 
 
-def _final_record(run_dir: Path) -> dict | None:
-    try:
-        evals = [r for r in read_metrics(run_dir) if "val/id" in r]
-    except (FileNotFoundError, ValueError):
-        return None
-    return evals[-1] if evals else None
+@dataclass(frozen=True)
+class SweepRun:
+    """One sweep run: its family ("adamw" | "nexus" | "fish"), the setting it tries (adamw:
+    lr; nexus: (outer_grad, inner_lr); fish: inner_lr), its seed and its config overrides."""
 
-
-def _finished(run_dir: Path, steps: int) -> bool:
-    rec = _final_record(run_dir)
-    return rec is not None and rec["step"] == steps
+    family: str
+    setting: object
+    seed: int
+    sets: tuple[str, ...]
 
 
 def _run(cmd: list[str], log: Path, env: dict) -> int:
@@ -82,7 +83,7 @@ class Study:
     def _train_one(self, item: tuple[str, list[str]]) -> tuple[str, int]:
         name, sets = item
         run_dir = self.out / name
-        if _finished(run_dir, self.steps):
+        if finished(run_dir, self.steps):
             return name, 0
         run_dir.mkdir(parents=True, exist_ok=True)
         t = time.time()
@@ -118,37 +119,45 @@ class Study:
             _run(cmd, run_dir / "eval.log", self.env)
 
     # ------------------------------------------------------------------------ phases
-    def sweep_runs(self) -> dict[str, list[str]]:
+    def sweep_runs(self) -> dict[str, SweepRun]:
         runs = {}
         for seed in self.sweep_seeds:
             for lr in SWEEP_LRS:
-                runs[f"sweep/adamw_lr{lr:g}_s{seed}"] = ["optim.name=adamw", f"optim.lr={lr}",
-                                                         f"train.seed={seed}"]
+                runs[f"sweep/adamw_lr{lr:g}_s{seed}"] = SweepRun(
+                    "adamw", lr, seed, ("optim.name=adamw", f"optim.lr={lr}", f"train.seed={seed}"))
             for g in SWEEP_INNER_LRS:
                 for og in ("trajectory", "displacement"):
-                    runs[f"sweep/nexus_{og}_g{g:g}_s{seed}"] = [
+                    runs[f"sweep/nexus_{og}_g{g:g}_s{seed}"] = SweepRun("nexus", (og, g), seed, (
                         "optim.name=nexus", f"optim.lr={BASE_LR}", f"optim.inner_lr={g}",
-                        f"optim.outer_grad={og}", f"train.seed={seed}"]
+                        f"optim.outer_grad={og}", f"train.seed={seed}"))
             for g in SWEEP_FISH_INNER_LRS:
-                runs[f"sweep/fish_g{g:g}_s{seed}"] = ["optim.name=fish", f"optim.lr={FISH_META_LR}",
-                                                      f"optim.inner_lr={g}", f"train.seed={seed}"]
+                runs[f"sweep/fish_g{g:g}_s{seed}"] = SweepRun("fish", g, seed, (
+                    "optim.name=fish", f"optim.lr={FISH_META_LR}", f"optim.inner_lr={g}",
+                    f"train.seed={seed}"))
         return runs
 
-    def select(self, sweep: dict[str, list[str]]) -> dict:
-        def mean_of(prefix: str, key: str) -> float:
-            vals = [_final_record(self.out / n)[key] for n in sweep if n.startswith(prefix)]
-            return statistics.mean(vals)
+    def select(self, sweep: dict[str, SweepRun]) -> dict:
+        """The best setting of each family over the sweep seeds (module docstring)."""
+        finals: dict[tuple[str, object], list[dict]] = {}
+        for name, run in sweep.items():
+            rec = final_eval(self.out / name)
+            if rec is None:
+                raise RuntimeError(f"study: sweep run {name} has no final eval")
+            finals.setdefault((run.family, run.setting), []).append(rec)
 
-        lrs = {lr: mean_of(f"sweep/adamw_lr{lr:g}_", "val/id") for lr in SWEEP_LRS}
-        nexus = {(og, g): mean_of(f"sweep/nexus_{og}_g{g:g}_", "val/ood")
-                 - mean_of(f"sweep/nexus_{og}_g{g:g}_", "val/id")
-                 for g in SWEEP_INNER_LRS for og in ("trajectory", "displacement")}
-        fish = {g: mean_of(f"sweep/fish_g{g:g}_", "val/id") for g in SWEEP_FISH_INNER_LRS}
-        best = {"adamw_lr": min(lrs, key=lrs.get), "nexus": min(nexus, key=nexus.get),
+        def mean_of(family: str, key: str) -> dict:
+            return {setting: statistics.mean(r[key] for r in recs)
+                    for (fam, setting), recs in finals.items() if fam == family}
+
+        lrs = mean_of("adamw", "val/id")
+        ood, idl = mean_of("nexus", "val/ood"), mean_of("nexus", "val/id")
+        nexus = {k: ood[k] - idl[k] for k in ood}
+        fish = mean_of("fish", "val/id")
+        return {"adamw_lr": min(lrs, key=lrs.get), "nexus": min(nexus, key=nexus.get),
                 "fish_inner_lr": min(fish, key=fish.get),
-                "sweep": {"adamw_val_id": lrs, "nexus_ood_minus_id": {f"{k[0]},{k[1]}": v for k, v in nexus.items()},
+                "sweep": {"adamw_val_id": lrs,
+                          "nexus_ood_minus_id": {f"{k[0]},{k[1]}": v for k, v in nexus.items()},
                           "fish_val_id": fish}}
-        return best
 
     def final_runs(self, best: dict) -> dict[str, list[str]]:
         lr = best["adamw_lr"]
@@ -165,11 +174,9 @@ class Study:
         return runs
 
     def run(self) -> dict:
-        from nexus_optim.report import compare_runs
-
         t0 = time.time()
         sweep = self.sweep_runs()
-        self.train_all(sweep)
+        self.train_all({n: list(r.sets) for n, r in sweep.items()})
         best = self.select(sweep)
         print(f"[study] selected: {best}", flush=True)
         final = self.final_runs(best)
@@ -183,7 +190,7 @@ class Study:
         summary = {"selection": {**best, "nexus": list(best["nexus"])}, "steps": self.steps,
                    "sweep_seeds": self.sweep_seeds, "final_seeds": self.final_seeds,
                    "runtime_s": time.time() - t0, "base_overrides": self.base}
-        (self.out / "study.json").write_text(json.dumps(summary, indent=2, default=str))
+        write_json(self.out / "study.json", summary, indent=2, default=str)
         print(f"[study] done in {summary['runtime_s']:.0f}s: {self.out / 'report' / 'report.md'}")
         return {"summary": summary, "sweep_report": sweep_report.get("target") if isinstance(sweep_report, dict) else None}
 

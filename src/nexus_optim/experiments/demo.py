@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nexus_optim.experiments.runs import finished
+from nexus_optim.report import compare_runs
 from nexus_optim.train.config import apply_overrides, from_dict, load_config
-from nexus_optim.train.logging import read_metrics
 from nexus_optim.train.loop import Trainer
 
 DEMO_OPTIMIZERS = ("adamw", "nexus")
@@ -17,18 +18,9 @@ DEMO_DEFAULTS = {"train.steps": 120, "train.eval_every": 20, "train.eval_tokens"
                  "train.ckpt_every": 40, "train.export_hf": False}
 
 
-def _finished(run_dir: Path, steps: int) -> bool:
-    try:
-        return any(r["step"] == steps and "val/id" in r for r in read_metrics(run_dir))
-    except (FileNotFoundError, ValueError, KeyError):
-        return False
-
-
 def run_demo(out: str | Path = "runs/demo", steps: int | None = None, seeds=(0, 1),
              config: str | None = None, overrides: list[str] | None = None) -> dict:
     """Train ``DEMO_OPTIMIZERS`` x ``seeds`` and write ``out/report.md``."""
-    from nexus_optim.report import compare_runs
-
     out = Path(out)
     base = load_config(config, None).to_dict() if config else {}
     base = apply_overrides(base, [f"{k}={v}" for k, v in DEMO_DEFAULTS.items()])
@@ -42,7 +34,7 @@ def run_demo(out: str | Path = "runs/demo", steps: int | None = None, seeds=(0, 
             cfg = from_dict(apply_overrides(base, [f"optim.name={name}", f"train.seed={seed}",
                                                    f"train.out_dir={run_dir}"]))
             run_dirs.append(run_dir)
-            if _finished(run_dir, cfg.train.steps):
+            if finished(run_dir, cfg.train.steps):
                 print(f"[demo] {run_dir} is complete; reusing it")
                 continue
             Trainer(cfg, resume="or-start").run()

@@ -1,4 +1,4 @@
-"""eval/stats.py against scipy's own computations on fixed numbers."""
+"""report/stats.py against scipy's own computations on fixed numbers."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from nexus_optim.eval.stats import fmt_summary, summarize, verdict, welch
+from nexus_optim.report.stats import fmt_summary, summarize, verdict, welch
 
 A = [3.10, 3.02, 2.95, 3.07, 3.00]
 B = [3.21, 3.15, 3.30, 3.12]

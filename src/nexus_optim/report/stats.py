@@ -24,7 +24,7 @@ import numpy as np
 
 
 def _clean(xs: Sequence[float] | None) -> list[float]:
-    return [float(x) for x in (xs or []) if x is not None and math.isfinite(float(x))]
+    return [float(x) for x in (() if xs is None else xs) if x is not None and math.isfinite(float(x))]
 
 
 def summarize(xs: Sequence[float] | None) -> dict:

@@ -1,7 +1,7 @@
 """Closeness of the per-source minima around a checkpoint (the paper's Theorem 2.2 quantity).
 
 From the start weights theta_0, a copy is fine-tuned on each train source s alone for
-``steps`` outer steps with the run's optimizer (``build_optimizer(cfg.optim, ...)``: same
+``steps`` outer steps of ``train/step.py`` with the run's optimizer (``build_optimizer``: same
 name, K, inner step, betas, weight decay, clipping), a fresh optimizer state, a constant
 learning rate (``lr``, default ``optim.lr``, the run's peak) and a fixed seed. Every source
 uses the same seed, so identical sources give identical batches and identical minima.
@@ -34,8 +34,12 @@ import numpy as np
 import torch
 
 from nexus_optim.data.sampler import MixtureSampler
-from nexus_optim.eval.geometry_gradsim import unique_params
-from nexus_optim.eval.losses import autocast_for, source_loss
+from nexus_optim.eval.gradsim import train_sources_data, unique_params
+from nexus_optim.eval.losses import source_loss
+from nexus_optim.runtime import autocast_for, pick_device
+from nexus_optim.train.artifacts import load_trained, resolve_checkpoint
+from nexus_optim.train.optimizers import build_optimizer, step_protocol
+from nexus_optim.train.step import outer_step
 
 
 def flat_params(model: torch.nn.Module) -> torch.Tensor:
@@ -55,12 +59,8 @@ def load_flat(model: torch.nn.Module, vec: torch.Tensor) -> None:
 
 def fine_tune(model: torch.nn.Module, cfg, tokens: np.ndarray, steps: int, seed: int = 0,
               lr: float | None = None, name: str = "source") -> tuple[torch.nn.Module, list[float]]:
-    """A copy of ``model`` trained ``steps`` outer steps on ``tokens`` alone, exactly as the
-    training loop does an outer step (K micro-batches; AdamW accumulates and clips, Nexus
-    and relatives step per micro-batch). Returns (copy, mean loss of each outer step)."""
-    from nexus_optim.optim import Nexus
-    from nexus_optim.train.optimizers import build_optimizer
-
+    """A copy of ``model`` trained ``steps`` outer steps on ``tokens`` alone with the outer
+    step of the training loop (``train/step.py``). Returns (copy, mean loss of each outer step)."""
     device = next(model.parameters()).device
     K = cfg.optim.inner_steps
     optim_cfg = dataclasses.replace(cfg.optim, lr=float(lr)) if lr is not None else cfg.optim
@@ -71,30 +71,80 @@ def fine_tune(model: torch.nn.Module, cfg, tokens: np.ndarray, steps: int, seed:
         sampler = MixtureSampler({name: tokens}, {name: 1.0}, cfg.model.seq_len,
                                  cfg.train.micro_batch_size, mode="homogeneous", group_size=K,
                                  shuffle_sources=False, seed=seed)
-        nexus = isinstance(opt, Nexus)
+
+        def micro_batch_loss(_i: int) -> torch.Tensor:
+            ids = sampler.next().input_ids.to(device)
+            with autocast_for(device, cfg.train.bf16):
+                return ft(input_ids=ids, labels=ids).loss
+
         losses = []
         for _ in range(steps):
-            step_losses = []
-            for _ in range(K):
-                ids = sampler.next().input_ids.to(device)
-                with autocast_for(device, cfg.train.bf16):
-                    loss = ft(input_ids=ids, labels=ids).loss
-                if nexus:
-                    loss.backward()
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
-                else:
-                    (loss / K).backward()
-                step_losses.append(float(loss.detach()))
-            if not nexus:
-                if optim_cfg.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(ft.parameters(), optim_cfg.max_grad_norm)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            losses.append(float(np.mean(step_losses)))
+            step = outer_step(opt, step_protocol(optim_cfg.name), K, micro_batch_loss,
+                              clip_params=ft.parameters(), max_grad_norm=optim_cfg.max_grad_norm)
+            losses.append(float(np.mean([float(x) for x in step])))
             if not math.isfinite(losses[-1]):
                 raise FloatingPointError(f"closeness: fine-tuning on {name!r} diverged (loss {losses[-1]})")
     return ft.eval(), losses
+
+
+def _norm(x: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(x, dtype=torch.float64))
+
+
+def _distances(names: list[str], theta0: torch.Tensor, thetas: dict) -> dict:
+    """Distances, variance and displacement cosines of the end points (module docstring)."""
+    S = len(names)
+    centroid = torch.stack([thetas[s] for s in names]).mean(0)
+    dist0 = [_norm(thetas[s] - theta0) for s in names]
+    pair = [[0.0 if a == b else _norm(thetas[names[a]] - thetas[names[b]]) for b in range(S)]
+            for a in range(S)]
+    cen = [_norm(thetas[s] - centroid) for s in names]
+    disp = {s: (thetas[s] - theta0).double() for s in names}
+    dcos = [[float("nan")] * S for _ in range(S)]
+    for a in range(S):
+        for b in range(S):
+            if dist0[a] > 0 and dist0[b] > 0:
+                dot = float(torch.dot(disp[names[a]], disp[names[b]]))
+                dcos[a][b] = 1.0 if a == b else dot / (dist0[a] * dist0[b])
+    off = [pair[a][b] for a in range(S) for b in range(S) if a != b]
+    return {
+        "distance_from_start": {s: float(d) for s, d in zip(names, dist0)},
+        "mean_distance_from_start": float(np.mean(dist0)),
+        "pairwise_distance": pair,
+        "mean_pairwise_distance": float(np.mean(off)) if S > 1 else 0.0,
+        "centroid_distance": {s: float(d) for s, d in zip(names, cen)},
+        "variance": float(np.mean(np.square(cen))),
+        "displacement_cos": dcos,
+    }
+
+
+def _interpolation(model, names, evals, theta0, thetas, start_loss, cross, losses_at,
+                   points: int) -> dict:
+    """Val losses along theta_0 + alpha (theta_s - theta_0); the end points are known."""
+    alphas = [float(a) for a in np.linspace(0.0, 1.0, points)]
+    probe = copy.deepcopy(model).eval()
+    interp: dict[str, dict[str, list[float]]] = {}
+    barrier: dict[str, float | None] = {}
+    for s in names:
+        curves = {e: [] for e in evals}
+        for a in alphas:
+            if a == 0.0:
+                vals = start_loss
+            elif a == 1.0:
+                vals = cross[s]
+            else:
+                load_flat(probe, theta0 + a * (thetas[s] - theta0))
+                vals = losses_at(probe)
+            for e in evals:
+                curves[e].append(vals[e])
+        interp[s] = curves
+        if s in curves:
+            own = np.array(curves[s])
+            line = own[0] + np.array(alphas) * (own[-1] - own[0])
+            barrier[s] = float(np.max(own - line))
+        else:
+            barrier[s] = None
+    return {"alphas": alphas, "loss": interp, "barrier": barrier}
 
 
 def closeness(model: torch.nn.Module, cfg, train_data: dict[str, np.ndarray],
@@ -134,55 +184,8 @@ def closeness(model: torch.nn.Module, cfg, train_data: dict[str, np.ndarray],
         cross[s] = losses_at(ft)
         del ft
     model.train(was_training)
-
-    S = len(names)
-
-    def norm(x: torch.Tensor) -> float:
-        return float(torch.linalg.vector_norm(x, dtype=torch.float64))
-
-    centroid = torch.stack([thetas[s] for s in names]).mean(0)
-    dist0 = [norm(thetas[s] - theta0) for s in names]
-    pair = [[0.0 if a == b else norm(thetas[names[a]] - thetas[names[b]]) for b in range(S)]
-            for a in range(S)]
-    cen = [norm(thetas[s] - centroid) for s in names]
-    variance = float(np.mean(np.square(cen)))
-    disp = {s: (thetas[s] - theta0).double() for s in names}
-    dcos = [[float("nan")] * S for _ in range(S)]
-    for a in range(S):
-        for b in range(S):
-            if dist0[a] > 0 and dist0[b] > 0:
-                dot = float(torch.dot(disp[names[a]], disp[names[b]]))
-                dcos[a][b] = 1.0 if a == b else dot / (dist0[a] * dist0[b])
-    del disp
     gaps = [cross[names[i]][names[j]] - cross[names[j]][names[j]]
-            for i in range(S) for j in range(S) if i != j and names[j] in val_data]
-
-    # interpolation theta_0 + alpha (theta_s - theta_0); the end points are already known
-    alphas = [float(a) for a in np.linspace(0.0, 1.0, points)]
-    probe = copy.deepcopy(model).eval()
-    interp: dict[str, dict[str, list[float]]] = {}
-    barrier: dict[str, float | None] = {}
-    for s in names:
-        curves = {e: [] for e in evals}
-        for a in alphas:
-            if a == 0.0:
-                vals = start_loss
-            elif a == 1.0:
-                vals = cross[s]
-            else:
-                load_flat(probe, theta0 + a * (thetas[s] - theta0))
-                vals = losses_at(probe)
-            for e in evals:
-                curves[e].append(vals[e])
-        interp[s] = curves
-        if s in curves:
-            own = np.array(curves[s])
-            line = own[0] + np.array(alphas) * (own[-1] - own[0])
-            barrier[s] = float(np.max(own - line))
-        else:
-            barrier[s] = None
-    del probe
-
+            for i in range(len(names)) for j in range(len(names)) if i != j and names[j] in val_data]
     return {
         "sources": names, "eval_sources": evals,
         "optimizer": cfg.optim.name, "steps": int(steps), "inner_steps": cfg.optim.inner_steps,
@@ -190,19 +193,13 @@ def closeness(model: torch.nn.Module, cfg, train_data: dict[str, np.ndarray],
         "micro_batch_size": t.micro_batch_size, "seq_len": cfg.model.seq_len,
         "eval_tokens": max_tok,
         "n_params": int(theta0.numel()), "start_norm": float(theta0.double().norm()),
-        "distance_from_start": {s: float(d) for s, d in zip(names, dist0)},
-        "mean_distance_from_start": float(np.mean(dist0)),
-        "pairwise_distance": pair,
-        "mean_pairwise_distance": float(np.mean([pair[a][b] for a in range(S) for b in range(S) if a != b]))
-        if S > 1 else 0.0,
-        "centroid_distance": {s: float(d) for s, d in zip(names, cen)},
-        "variance": variance,
-        "displacement_cos": dcos,
+        **_distances(names, theta0, thetas),
         "start_loss": start_loss,
         "cross_loss": [[cross[s][e] for e in evals] for s in names],
         "cross_loss_gap": float(np.mean(gaps)) if gaps else None,
         "fine_tune_loss": ft_losses,
-        "interpolation": {"alphas": alphas, "loss": interp, "barrier": barrier},
+        "interpolation": _interpolation(model, names, evals, theta0, thetas, start_loss, cross,
+                                        losses_at, points),
     }
 
 
@@ -212,10 +209,6 @@ def closeness_from_checkpoint(path: str | Path, steps: int = 20, seed: int = 0,
     """``closeness`` at a checkpoint (or a run dir's latest checkpoint) on the run's train
     sources, cross-losses on all sources with a val split; adds ``checkpoint``, ``step``,
     ``tokens``."""
-    from nexus_optim.eval.geometry_gradsim import train_sources_data
-    from nexus_optim.train.artifacts import load_trained, resolve_checkpoint
-    from nexus_optim.train.loop import pick_device
-
     dev = pick_device(device)
     model, cfg, prepared, state = load_trained(path, device=dev)
     train = train_sources_data(prepared)

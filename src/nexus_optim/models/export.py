@@ -1,4 +1,4 @@
-"""Export a checkpoint as a Hugging Face model directory (for lm-evaluation-harness & co).
+"""Export a model and its tokenizer as a Hugging Face model directory (lm-evaluation-harness & co).
 
 ``OUT`` gets ``config.json`` + ``model.safetensors`` (``save_pretrained``), the tokenizer
 (``tokenizer.json``, ``tokenizer_config.json``) and ``nexus_export.json`` (where it came from).
@@ -45,17 +45,3 @@ def export_hf(model, tokenizer, out_dir: str | Path, max_length: int | None = No
     tok.save_pretrained(out)
     (out / "nexus_export.json").write_text(json.dumps(meta or {}, indent=2, default=str))
     return out
-
-
-def export_checkpoint(path: str | Path, out_dir: str | Path, data_dir: str | Path | None = None,
-                      prepare: bool = False) -> Path:
-    """`export_hf` of a checkpoint directory or a run directory's newest usable checkpoint
-    (weights, config and the run's tokenizer only; ``data_dir`` / ``prepare`` as for
-    `train.artifacts.load_trained`)."""
-    from nexus_optim.train.artifacts import load_trained, resolve_checkpoint
-
-    ckpt = resolve_checkpoint(path)
-    model, cfg, prepared, state = load_trained(ckpt, data_dir=data_dir, prepare=prepare)
-    meta = {"checkpoint": str(ckpt.resolve()), "step": state.get("step"),
-            "tokens": state.get("tokens"), "preset": cfg.model.preset, "seq_len": cfg.model.seq_len}
-    return export_hf(model.float(), prepared.tokenizer(), out_dir, max_length=cfg.model.seq_len, meta=meta)

@@ -1,0 +1,3 @@
+"""Diagnostics of a trained run, from its checkpoint: ``nexus eval`` (``evaluate.py``),
+gradient similarity (``gradsim.py``), closeness of the per-source minima (``closeness.py``,
+fine-tunes built on ``train/step.py``), and where the results live (``store.py``)."""
