@@ -79,10 +79,8 @@ def test_closeness_fine_tune_bitwise(name):
                      "optim": {"name": name, "inner_steps": 2, "lr": 1e-2},
                      "train": {"micro_batch_size": 2, "eval_tokens": 64, "bf16": False}})
     tokens = np.random.default_rng(1).integers(0, 40, 600).astype(np.uint16)
-    try:
-        from nexus_optim.diagnostics.closeness import fine_tune
-    except ImportError:  # before the refactor
-        from nexus_optim.eval.geometry_closeness import fine_tune
+    from nexus_optim.diagnostics.closeness import fine_tune
+
     ft, losses = fine_tune(model, cfg, tokens, steps=3, seed=0)
     check(f"closeness/{name}", {"weights_sha256": weights_sha(ft), "losses": losses})
 

@@ -18,6 +18,8 @@ same (see `nexus_optim.models.export`), so lm-evaluation-harness sees identical 
 
 from __future__ import annotations
 
+import contextlib
+
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -56,8 +58,6 @@ def loglikelihoods(model, tokenizer, requests: Sequence[tuple[str, str]], batch_
                    max_length: int | None = None, prefix_eos: bool = True, bf16: bool = True,
                    progress: bool = False) -> list[LogLik]:
     """Log-likelihood of each continuation given its context (see module docstring)."""
-    from tqdm.auto import tqdm
-
     device = model_device(model)
     max_length = max_length or model_max_length(model)
     eos = int(tokenizer.eos_token_id)
@@ -76,14 +76,9 @@ def loglikelihoods(model, tokenizer, requests: Sequence[tuple[str, str]], batch_
                 raise ValueError(f"loglikelihoods: continuation of {len(cont_ids)} tokens > max_length {max_length}")
             whole = whole[-(max_length + 1):]
         seqs.append((whole, len(cont_ids)))
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i][0]))  # similar lengths together
     out: list[LogLik | None] = [None] * len(seqs)
-    was_training = model.training
-    model.eval()
-    try:
-        for b0 in tqdm(range(0, len(order), batch_size), disable=not progress, desc="loglik",
-                       dynamic_ncols=True):
-            idx = order[b0:b0 + batch_size]
+    with _eval_mode(model):
+        for idx in _longest_first([len(w) for w, _ in seqs], batch_size, progress, "loglik"):
             width = max(len(seqs[i][0]) for i in idx) - 1
             ids = torch.full((len(idx), width), pad, dtype=torch.long)
             mask = torch.zeros((len(idx), width), dtype=torch.long)
@@ -100,9 +95,28 @@ def loglikelihoods(model, tokenizer, requests: Sequence[tuple[str, str]], batch_
                 rows = torch.log_softmax(logits[r, L - n:L].float(), dim=-1).cpu()
                 lp = rows.gather(1, targets[:, None])[:, 0]
                 out[i] = LogLik(float(lp.double().sum()), n, bool((rows.argmax(-1) == targets).all()))
+    return out  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def _eval_mode(model):
+    """``model`` in eval mode for the block, then back to the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
     finally:
         model.train(was_training)
-    return out  # type: ignore[return-value]
+
+
+def _longest_first(lengths: list[int], batch_size: int, progress: bool, desc: str):
+    """Batches of item indices, longest items first (similar lengths share a batch)."""
+    from tqdm.auto import tqdm
+
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    for b0 in tqdm(range(0, len(order), batch_size), disable=not progress, desc=desc,
+                   dynamic_ncols=True):
+        yield order[b0:b0 + batch_size]
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -175,8 +189,6 @@ def greedy_generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
     Prompts are truncated on the left so prompt + ``max_new_tokens`` fit ``max_length``
     (default: the model's ``max_position_embeddings``).
     """
-    from tqdm.auto import tqdm
-
     device = model_device(model)
     max_length = max_length or model_max_length(model)
     eos = int(tokenizer.eos_token_id)
@@ -190,14 +202,9 @@ def greedy_generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
         enc.append(ids[-keep:] if keep else ids)
     if use_hf_generate is None:
         use_hf_generate = callable(getattr(model, "generate", None)) and hasattr(model, "generation_config")
-    order = sorted(range(len(enc)), key=lambda i: -len(enc[i]))
     out: list[str | None] = [None] * len(enc)
-    was_training = model.training
-    model.eval()
-    try:
-        for b0 in tqdm(range(0, len(order), batch_size), disable=not progress, desc="generate",
-                       dynamic_ncols=True):
-            idx = order[b0:b0 + batch_size]
+    with _eval_mode(model):
+        for idx in _longest_first([len(e) for e in enc], batch_size, progress, "generate"):
             ids, mask = _left_pad([enc[i] for i in idx], pad)
             ids, mask = ids.to(device), mask.to(device)
             with autocast_for(device, bf16):
@@ -218,6 +225,4 @@ def greedy_generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
                             s in tokenizer.decode(toks, skip_special_tokens=True) for s in stop))
             for r, i in enumerate(idx):
                 out[i] = cut_at_stop(tokenizer.decode(new[r], skip_special_tokens=True), stop)
-    finally:
-        model.train(was_training)
     return out  # type: ignore[return-value]
