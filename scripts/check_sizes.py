@@ -22,9 +22,7 @@ MAX_FILE, MAX_FUNCTION, MIN_BLOCK = 400, 60, 6
 ALLOWED = {
 }
 # "path:function" -> why it may be longer than MAX_FUNCTION (to be split; see docs/architecture.md)
-LONG_FUNCTIONS = {
-    "optim/nexus.py:__init__": "optim/ (the lead's core): argument checks of the public API",
-    "optim/distributed.py:average_outer_grads": "optim/ (the lead's core): bucketed all-reduce",
+LONG_FUNCTIONS: dict[str, str] = {
 }
 
 

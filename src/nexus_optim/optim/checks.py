@@ -6,7 +6,31 @@ import math
 import warnings
 from typing import Any
 
-from torch import Tensor
+from torch.optim import Optimizer
+
+from nexus_optim.optim.functional import INNER_NORMS, OUTER_GRADS
+
+
+def check_arguments(*, lr: Any, inner_lr: Any, inner_steps: Any, inner_norm: Any,
+                    outer_grad: Any, max_grad_norm: Any, inner_eps: Any) -> None:
+    """Every scalar argument of ``Nexus``, before anything is built."""
+    check_nonneg("lr", lr)
+    check_nonneg("inner_lr", inner_lr)
+    check_inner_steps(inner_steps)
+    check_choice("inner_norm", inner_norm, INNER_NORMS)
+    check_choice("outer_grad", outer_grad, OUTER_GRADS)
+    check_max_grad_norm(max_grad_norm)
+    check_nonneg("inner_eps", inner_eps)
+
+
+def build_outer(outer: Any, params: Any, lr: float, outer_kwargs: dict[str, Any]) -> Optimizer:
+    """``outer(params, lr=lr, **outer_kwargs)``, which must be a torch.optim.Optimizer."""
+    if not callable(outer):
+        raise ValueError(f"outer: must be a torch.optim.Optimizer class, got {outer!r}")
+    built = outer(params, lr=lr, **outer_kwargs)
+    if not isinstance(built, Optimizer):
+        raise ValueError(f"outer: must build a torch.optim.Optimizer, got {type(built).__name__}")
+    return built
 
 
 def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from nexus_optim.optim import functional as F
+from nexus_optim.optim import functional
 
 INNER_SYNCS = ("none", "sync", "local")
 DEFAULT_BUCKET_CAP_MB = 25.0
@@ -117,11 +117,11 @@ def grad_norms(grads: list[Tensor]) -> tuple[list[Tensor], Tensor]:
     """
     cls = _dtensor_type()
     if cls is None or not any(isinstance(g, cls) for g in grads):
-        norms = F.tensor_norms(grads)
-        return norms, F.global_norm(grads, norms)
+        norms = functional.tensor_norms(grads)
+        return norms, functional.global_norm(grads, norms)
     norms: list[Tensor | None] = [None] * len(grads)
     plain = [i for i, g in enumerate(grads) if not isinstance(g, cls)]
-    for i, n in zip(plain, F.tensor_norms([grads[i] for i in plain])):
+    for i, n in zip(plain, functional.tensor_norms([grads[i] for i in plain])):
         norms[i] = n
     by_sharding: dict[Any, list[int]] = {}
     for i, g in enumerate(grads):
@@ -129,7 +129,7 @@ def grad_norms(grads: list[Tensor]) -> tuple[list[Tensor], Tensor]:
             by_sharding.setdefault((g.device_mesh, tuple(g.placements)), []).append(i)
     for idx in by_sharding.values():
         partial = torch._foreach_norm([grads[i] for i in idx], 2.0,
-                                      dtype=F.norm_dtype([grads[i] for i in idx]))
+                                      dtype=functional.norm_dtype([grads[i] for i in idx]))
         full = torch.stack(partial).full_tensor()  # one collective for the group
         for i, n in zip(idx, full.unbind()):
             norms[i] = n
@@ -149,8 +149,8 @@ def random_direction(like: list[Tensor], generator: torch.Generator) -> tuple[li
     """
     cls = _dtensor_type()
     if cls is None or not any(isinstance(t, cls) for t in like):
-        dirs = F.random_direction(like, generator)
-        return dirs, F.global_norm(dirs)
+        dirs = functional.random_direction(like, generator)
+        return dirs, functional.global_norm(dirs)
     from torch.distributed.tensor import distribute_tensor
 
     device = to_local(like)[0].device
@@ -191,6 +191,24 @@ def bucket_plan(tensors: list[Tensor], bucket_cap_bytes: int) -> list[list[int]]
         buckets[-1].append(i)
         size += nbytes
     return buckets
+
+
+def _pipelined_all_reduce(n_buckets: int, pack, unpack, group: Any) -> None:
+    """Sum ``pack(b)`` over the ranks for each bucket b (async ``all_reduce``, at most two
+    buckets in flight), calling ``unpack(b, flat)`` on each result in bucket order."""
+    pending: deque = deque()
+    for b in range(n_buckets):
+        flat = pack(b)
+        work = dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group, async_op=True)
+        pending.append((b, flat, work))
+        if len(pending) > 1:  # keep at most two buckets in flight
+            b0, f0, w0 = pending.popleft()
+            w0.wait()
+            unpack(b0, f0)
+    while pending:
+        b0, f0, w0 = pending.popleft()
+        w0.wait()
+        unpack(b0, f0)
 
 
 class OuterGradSync:
@@ -279,19 +297,7 @@ class OuterGradSync:
                     p.grad.copy_(flat[offset : offset + k].view_as(p))
                 offset += k
 
-        pending: deque = deque()
-        for b in range(len(buckets)):
-            flat = pack(b)
-            work = dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group, async_op=True)
-            pending.append((b, flat, work))
-            if len(pending) > 1:  # keep at most two buckets in flight
-                b0, f0, w0 = pending.popleft()
-                w0.wait()
-                unpack(b0, f0)
-        while pending:
-            b0, f0, w0 = pending.popleft()
-            w0.wait()
-            unpack(b0, f0)
+        _pipelined_all_reduce(len(buckets), pack, unpack, self.group)
         if state.get("scale", 0.0) == 0:
             return []
         return [p for i, p in enumerate(params) if state["touched"][i]]

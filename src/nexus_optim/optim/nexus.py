@@ -100,29 +100,14 @@ class Nexus(Optimizer):
         process_group: Any = None,
         **outer_kwargs: Any,
     ) -> None:
-        checks.check_nonneg("lr", lr)
-        checks.check_nonneg("inner_lr", inner_lr)
-        checks.check_inner_steps(inner_steps)
-        checks.check_choice("inner_norm", inner_norm, functional.INNER_NORMS)
-        checks.check_choice("outer_grad", outer_grad, functional.OUTER_GRADS)
-        checks.check_max_grad_norm(max_grad_norm)
-        checks.check_nonneg("inner_eps", inner_eps)
-        if not callable(outer):
-            raise ValueError(f"outer: must be a torch.optim.Optimizer class, got {outer!r}")
-
-        self.outer: Optimizer = outer(params, lr=lr, **outer_kwargs)
-        if not isinstance(self.outer, Optimizer):
-            raise ValueError(
-                f"outer: must build a torch.optim.Optimizer, got {type(self.outer).__name__}"
-            )
+        checks.check_arguments(lr=lr, inner_lr=inner_lr, inner_steps=inner_steps,
+                               inner_norm=inner_norm, outer_grad=outer_grad,
+                               max_grad_norm=max_grad_norm, inner_eps=inner_eps)
+        self.outer: Optimizer = checks.build_outer(outer, params, lr, outer_kwargs)
         defaults = dict(self.outer.defaults, lr=lr, inner_lr=inner_lr)
-        self.inner_steps = inner_steps
-        self.inner_norm = inner_norm
-        self.outer_grad = outer_grad
-        self.max_grad_norm = max_grad_norm
-        self.inner_lr_follows_lr = inner_lr_follows_lr
-        self.seed = seed
-        self.inner_eps = inner_eps
+        self.inner_steps, self.inner_norm, self.outer_grad = inner_steps, inner_norm, outer_grad
+        self.max_grad_norm, self.inner_lr_follows_lr = max_grad_norm, inner_lr_follows_lr
+        self.seed, self.inner_eps = seed, inner_eps
         self.outer_steps = 0
         self.inner_step = 0
         self.last_step_was_outer = False
@@ -135,7 +120,6 @@ class Nexus(Optimizer):
         self._probe: list[Tensor] | None = None  # the inner point while in eval mode
         self._eval_mode = False
         self._plans: dict[tuple[bool, ...], Plan] = {}
-
         self._initializing = True
         super().__init__(self.outer.param_groups, defaults)
         self._initializing = False
