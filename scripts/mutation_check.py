@@ -78,7 +78,7 @@ def run(name: str, edits: list[tuple[str, str, str]]) -> dict:
         env = dict(os.environ, PYTHONPATH=str(src), PYTHONWARNINGS="ignore")
         t0 = time.monotonic()
         proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+            [sys.executable, "-m", "pytest", "-q", "-x", "-rfE", "-p", "no:cacheprovider",
              "-k", "not compile", *TESTS], cwd=ROOT, env=env, capture_output=True, text=True)
         failed = [line.split(" ")[1] for line in proc.stdout.splitlines()
                   if line.startswith("FAILED ")]
@@ -90,6 +90,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
+    baseline = run("none (baseline)", [])
+    if baseline["caught"]:  # the unmutated copy must pass, or "caught" means nothing
+        raise SystemExit(f"baseline fails: {baseline['first_failure']}")
     results = [run(name, edits) for name, edits in MUTATIONS.items()]
     for r in results:
         print(f"{'CAUGHT ' if r['caught'] else 'MISSED '} {r['mutation']}: "
