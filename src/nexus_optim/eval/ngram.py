@@ -46,6 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nexus_optim.data.windows import num_eval_windows
+from nexus_optim.eval.losses import pooled_losses
 
 UNSEEN_FLOOR = 0.5  # counts given to a token never seen (unigram) / never seen as a continuation
 _CHUNK = 1 << 23  # pairs per np.unique call while counting (bounds the peak memory)
@@ -195,17 +196,10 @@ def ngram_nll(model: NgramModel, tokens: np.ndarray, seq_len: int, max_tokens: i
 
 
 def _pooled(per_source: dict[str, float], roles: dict[str, str], weights: dict[str, float]) -> dict[str, float]:
-    """``id``: weighted mean over train sources with weight > 0; ``ood``: mean over ood sources
-    (the same pooling as the model losses, `eval.losses.pooled_losses`)."""
-    train = [(weights.get(s, 0.0), x) for s, x in per_source.items() if roles.get(s) == "train"
-             and weights.get(s, 0.0) > 0]
-    ood = [x for s, x in per_source.items() if roles.get(s) == "ood"]
-    out = {}
-    if train:
-        out["id"] = sum(w * x for w, x in train) / sum(w for w, _ in train)
-    if ood:
-        out["ood"] = sum(ood) / len(ood)
-    return out
+    """``id`` / ``ood`` pooled exactly as the model losses are (`eval.losses.pooled_losses`)."""
+    pooled = pooled_losses({f"val/{s}": x for s, x in per_source.items()}, roles,
+                           {s: weights.get(s, 0.0) for s in roles})
+    return {key.removeprefix("val/"): value for key, value in pooled.items()}
 
 
 def _lines(name: str, results: dict[str, dict], roles, weights) -> dict[str, float]:
