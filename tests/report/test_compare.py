@@ -150,10 +150,11 @@ def test_report_not_significant(tmp_path):
     c = rep["matched"]["comparisons"][nexus]["val/ood"]
     a = rep["matched"]["summary"]["val/ood"][nexus]["values"]
     b = rep["matched"]["summary"]["val/ood"]["adamw"]["values"]
-    ref = st.ttest_ind(a, b, equal_var=False)
+    ref = st.ttest_rel(a, b)  # seeds 0, 1, 2 in both groups: paired by seed
+    assert c["test"] == "paired" and c["seeds"] == [0, 1, 2]
     assert c["testable"] and c["p"] == pytest.approx(float(ref.pvalue))
     assert (c["ci_low"], c["ci_high"]) == pytest.approx(tuple(ref.confidence_interval(0.95)))
-    assert c["n_a"] == c["n_b"] == 3
+    assert c["n"] == c["n_a"] == c["n_b"] == 3
     assert not c["significant"] and "not significant" in c["verdict"]
     md = (out / "report.md").read_text()
     assert "not significant" in md

@@ -44,9 +44,16 @@ Where the pieces live: ``report/runs.py`` (reading a run), ``report/groups.py`` 
 groups, data checks), ``report/tables.py`` (interpolation, statistics tables),
 ``report/render.py`` and ``report/plots.py`` (report.md, PNGs).
 
-Statistics (report/stats.py): per group mean ± sample std over seeds with n; each group
-against the baseline (the AdamW group unless ``baseline`` names another): difference of
-means, Welch 95% CI and Welch t-test. n < 2 in a group: no test, said so.
+Statistics: per group mean ± sample std over seeds with n; each group against the baseline
+(the AdamW group unless ``baseline`` names another). Groups that share >= 2 seeds with the
+baseline (each seed once per group) are compared seed by seed (report/pairing.py: paired
+t-test, mean per-seed difference, 95% CI); the primary family (matched-loss val/ood of each
+group vs the baseline) gets Holm-adjusted p-values and a minimum detectable difference at 80%
+power (``statistics`` in report.json); every other test is exploratory. Unpaired groups fall
+back to Welch (report/stats.py), with a note. n < 2: no test, said so.
+
+Reference lines (report/reference.py): unigram and bigram losses of the runs' recorded
+prepared data (``ngram`` in report.json); skipped with a note when it cannot be read.
 """
 
 from __future__ import annotations
@@ -55,6 +62,8 @@ import warnings
 from pathlib import Path
 
 from nexus_optim.report.groups import check_distinct, check_same_data, group_runs, mixture_weights
+from nexus_optim.report.pairing import apply_holm, pairing_design, power_table
+from nexus_optim.report.reference import ngram_lines
 from nexus_optim.report.runs import Run, is_num, load_run
 from nexus_optim.report.tables import at_tokens, crossing, metric_keys, stats_table
 from nexus_optim.runtime import json_safe, write_json, write_text
@@ -149,7 +158,7 @@ def _equal_tokens(runs: list[Run], groups: dict[str, list[Run]], notes: list[str
 
 
 def _report(runs, groups, metric, target, how, baseline, baseline_cmp, confidence, matched,
-            t_equal, equal, notes) -> dict:
+            t_equal, equal, notes, design=None) -> dict:
     m_metrics = ["tokens"] + [k for k in metric_keys(matched.values()) if k != metric]
     e_metrics = metric_keys(equal.values())
     x_metrics = sorted({k for r in runs for k in r.extra})
@@ -166,13 +175,22 @@ def _report(runs, groups, metric, target, how, baseline, baseline_cmp, confidenc
                   "matched": matched[id(r)], "equal_tokens": equal[id(r)], "extra": r.extra}
                  for l, rs in groups.items() for r in rs],
         "matched": {"target": target, **stats_table(groups, {k: v or {} for k, v in matched.items()},
-                                                    m_metrics, baseline_cmp, confidence)},
+                                                    m_metrics, baseline_cmp, confidence, design)},
         "equal_tokens": {"tokens": t_equal, **stats_table(groups, {k: v or {} for k, v in equal.items()},
-                                                          e_metrics, baseline_cmp, confidence)},
-        "extra": stats_table(groups, {id(r): r.extra for r in runs}, x_metrics, baseline_cmp, confidence),
+                                                          e_metrics, baseline_cmp, confidence, design)},
+        "extra": stats_table(groups, {id(r): r.extra for r in runs}, x_metrics, baseline_cmp, confidence, design),
         "notes": notes,
         "files": {"report_md": REPORT_MD, "report_json": REPORT_JSON},
     }
+
+
+def _statistics(report: dict, design: dict, notes: list[str]) -> None:
+    """Paired/Welch design per group, Holm over the primary family, power (``report/pairing.py``)."""
+    report["statistics"] = {"design": design, "primary": apply_holm(report), "power": power_table(report)}
+    for label, d in design.items():
+        if not d["paired"]:
+            notes.append(f"{label} vs {report['baseline']}: not paired ({d['reason']}); "
+                         f"Welch's unpaired test is used instead")
 
 
 def compare_runs(run_dirs, out_dir, metric: str = "val/id", target_loss: float | None = None,
@@ -196,8 +214,12 @@ def compare_runs(run_dirs, out_dir, metric: str = "val/id", target_loss: float |
     target, how, finals = _target(runs, metric, target_loss)
     matched = _matched(runs, metric, target, finals, notes, warns)
     t_equal, equal = _equal_tokens(runs, groups, notes)
+    design = pairing_design(groups, baseline_cmp)
     report = _report(runs, groups, metric, target, how, baseline, baseline_cmp, confidence,
-                     matched, t_equal, equal, notes)
+                     matched, t_equal, equal, notes, design)
+    _statistics(report, design, notes)
+    report["ngram"] = ngram_lines(runs, metric)
+    notes += [report["ngram"][k] for k in ("settings_note", "note") if k in report["ngram"]]
     if baseline_cmp is None:
         notes.append("only one group: nothing to compare against")
     notes[:0] = warns

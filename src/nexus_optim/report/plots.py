@@ -1,7 +1,8 @@
 """PNG plots of a comparison (matplotlib, Agg backend).
 
     loss_curves.png   every val/* loss vs tokens, one panel per source; a color per group
-    ood_vs_id.png     val/ood against val/id along training; markers at the matched point
+    ood_vs_id.png     val/ood against val/id along training; markers at the matched point;
+                      grey unigram/bigram reference lines (report.json ``ngram``) when available
     grad_sim.png      geom/grad_sim vs tokens (when logged during training)
     closeness.png     closeness variance and mean distance from start per group (geometry.json)
     downstream.png    downstream scores per group (downstream.json)
@@ -82,7 +83,18 @@ def _loss_curves(plt, groups, runs, colors, metric, target, out: Path) -> list[s
     return ["loss_curves.png"]
 
 
-def _ood_vs_id(plt, groups, runs, colors, metric, target, matched, out: Path) -> list[str]:
+def _ngram_refs(ax, ngram: dict | None, metric: str) -> None:
+    """n-gram reference lines: val/ood horizontal, the matched metric vertical (grey)."""
+    styles = {"unigram": ":", "bigram": "-."}
+    for order, line in ((ngram or {}).get("lines") or {}).items():
+        ls = styles.get(order, ":")
+        if isinstance(line.get("val/ood"), (int, float)):
+            ax.axhline(line["val/ood"], color="0.45", ls=ls, lw=0.9, label=f"{order} (n-gram)")
+        if isinstance(line.get(metric), (int, float)):
+            ax.axvline(line[metric], color="0.45", ls=ls, lw=0.9)
+
+
+def _ood_vs_id(plt, groups, runs, colors, metric, target, matched, out: Path, ngram=None) -> list[str]:
     if not (any(_series(r, "val/ood")[0] for r in runs) and any(_series(r, metric)[0] for r in runs)):
         return []
     fig, ax = plt.subplots(figsize=(5.2, 4.2))
@@ -98,10 +110,11 @@ def _ood_vs_id(plt, groups, runs, colors, metric, target, matched, out: Path) ->
             if m and "val/ood" in m:
                 ax.plot([m[metric]], [m["val/ood"]], "o", color=colors[label], ms=5)
     ax.axvline(target, color="k", ls="--", lw=0.8)
+    _ngram_refs(ax, ngram, metric)
     ax.invert_xaxis()
     ax.set_xlabel(f"{metric} (training goes right)", fontsize=8)
     ax.set_ylabel("val/ood", fontsize=8)
-    ax.set_title("OOD loss vs in-distribution loss (dots: matched loss)", fontsize=9)
+    ax.set_title("OOD loss vs in-distribution loss (dots: matched loss; grey: n-gram)", fontsize=9)
     ax.legend(fontsize=7)
     _save(plt, fig, out / "ood_vs_id.png")
     return ["ood_vs_id.png"]
@@ -136,7 +149,7 @@ def make_plots(groups: dict, report: dict, out: Path) -> list[str]:
     metric = report["metric"]
     matched = {r["dir"]: r["matched"] for r in report["runs"]}
     written = _loss_curves(plt, groups, runs, colors, metric, target, out)
-    written += _ood_vs_id(plt, groups, runs, colors, metric, target, matched, out)
+    written += _ood_vs_id(plt, groups, runs, colors, metric, target, matched, out, report.get("ngram"))
     written += _grad_sim(plt, groups, runs, colors, out)
     summ = report["extra"]["summary"]
     if summ.get("closeness/variance"):

@@ -16,27 +16,45 @@ def _summary_table(section: dict, groups: list[str], metrics: list[str]) -> list
     return lines
 
 
+def _better(m: str, r: dict) -> str:
+    if m.startswith(("geom/", "geometry/")):
+        return " (higher = more aligned gradients)"
+    if m.startswith("closeness/"):
+        return " (lower = closer minima)"
+    return _DIRECTION_NOTE.get(r.get("direction"), "")
+
+
+def _test_header(label: str, baseline: str, comps: dict) -> str:
+    first = next(iter(comps.values()))
+    ci = int(round(100 * first["confidence"]))
+    if first.get("test") == "paired":
+        return (f"**{label} − {baseline}**, paired by seed (seeds {first.get('seeds')}): mean of the "
+                f"per-seed differences, {ci}% t-interval, paired t-test; p (Holm) only for the primary "
+                f"endpoint, every other row is exploratory (unadjusted):")
+    return (f"**{label} − {baseline}**, unpaired (the groups share no seeds): difference of means, Welch "
+            f"{ci}% CI, Welch t-test:")
+
+
+def _row(m: str, r: dict) -> str:
+    n = f"{r['n']} pairs" if r.get("test") == "paired" else f"{r['n_a']} vs {r['n_b']}"
+    fam = r.get("family", "exploratory")
+    if not r.get("testable"):
+        return f"| {m}{_better(m, r)} | {fmt(r['diff'])} | – | – | – | – | {n} | {fam} | {r['reason']} |"
+    sig = "**significant**" if r["significant"] else "not significant"
+    holm = f"{r['p_holm']:.3g}" if r.get("p_holm") is not None else "–"
+    return (f"| {m}{_better(m, r)} | {fmt(r['diff'])} | [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}] "
+            f"| {r['t']:.2f} | {r['p']:.3g} | {holm} | {n} | {fam} | {sig} |")
+
+
 def _comparison_lines(section: dict, baseline: str) -> list[str]:
     lines = []
     for label, comps in section["comparisons"].items():
         if not comps:
             continue
-        lines += ["", f"**{label} − {baseline}** (difference of means, Welch "
-                      f"{int(round(100 * next(iter(comps.values()))['confidence']))}% CI, Welch t-test):", ""]
-        lines += ["| metric | difference | CI | t | p | n | verdict |", "|---|---|---|---|---|---|---|"]
-        for m, r in comps.items():
-            better = _DIRECTION_NOTE.get(r.get("direction"), "")
-            if m.startswith(("geom/", "geometry/")):
-                better = " (higher = more aligned gradients)"
-            elif m.startswith("closeness/"):
-                better = " (lower = closer minima)"
-            if r.get("testable"):
-                sig = "**significant**" if r["significant"] else "not significant"
-                lines.append(f"| {m}{better} | {fmt(r['diff'])} | [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}] "
-                             f"| {r['t']:.2f} | {r['p']:.3g} | {r['n_a']} vs {r['n_b']} | {sig} |")
-            else:
-                lines.append(f"| {m}{better} | {fmt(r['diff'])} | – | – | – | {r['n_a']} vs {r['n_b']} "
-                             f"| {r['reason']} |")
+        lines += ["", _test_header(label, baseline, comps), ""]
+        lines += ["| metric | difference | CI | t | p | p (Holm) | n | family | verdict |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [_row(m, r) for m, r in comps.items()]
     return lines
 
 
@@ -64,6 +82,58 @@ def _plain_findings(report: dict) -> list[str]:
     return lines
 
 
+def _primary_lines(report: dict) -> list[str]:
+    """The declared primary endpoint: test used, Holm family and the power statement."""
+    st = report.get("statistics") or {}
+    prim = st.get("primary") or {}
+    comps = report["matched"]["comparisons"]
+    rows = [(l, c[prim["metric"]]) for l, c in comps.items() if prim and prim["metric"] in c]
+    if not rows:
+        return []
+    out = ["", "## Primary endpoint: OOD loss at matched in-distribution loss", "",
+           f"Each group minus **{report['baseline']}** in `val/ood` where `{report['metric']}` first reaches "
+           f"{fmt(report['target']['value'])}. Paired by seed when the groups share seeds (same init, data "
+           "order and schedule per seed: a paired t-test on the per-seed differences), else Welch; p-values "
+           "Holm-adjusted over this family of "
+           f"{len(prim.get('members') or [])} comparison(s). MDE: the smallest true difference the paired "
+           "test detects with 80% power at the 0.05 level, from the observed sd of the per-seed differences.",
+           "", "| group | test | difference | 95% CI | p | p (Holm) | n | sd of differences | MDE (80%) "
+           "| paper's effect |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for label, r in rows:
+        pw = (st.get("power") or {}).get(label, {})
+        ci = f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]" if r.get("testable") else "–"
+        p = f"{r['p']:.3g}" if r.get("testable") else "–"
+        holm = f"{r['p_holm']:.3g}" if r.get("p_holm") is not None else "–"
+        n = r["n"] if r.get("test") == "paired" else f"{r['n_a']} vs {r['n_b']}"
+        out.append(f"| {label} | {r.get('test')} | {fmt(r.get('diff'))} | {ci} | {p} | {holm} | {n} | "
+                   f"{fmt(pw.get('sd_diff'))} | {fmt(pw.get('mde'))} | {pw.get('paper_effect', 0.012)} |")
+    return out
+
+
+def _ngram_lines(report: dict) -> list[str]:
+    """"Where the models stand": the n-gram lines and each group's mean relative to the bigram."""
+    from nexus_optim.report.reference import standing
+
+    ng = report.get("ngram") or {}
+    if not ng.get("available"):
+        return ["", "## Where the models stand", "", f"- {ng.get('note', 'n-gram reference lines not computed')}"]
+    keys = [k for k in dict.fromkeys(("val/id", report["metric"], "val/ood")) if k in ng["lines"]["bigram"]]
+    out = ["", "## Where the models stand", "",
+           "Count n-gram losses (nats/token) of the same data: fitted on the training splits, evaluated on "
+           f"the val splits with the runs' eval windows (seq_len {ng['seq_len']}, first {ng['max_tokens']} "
+           "tokens per source). A model above the bigram line has not yet learnt more than adjacent-token "
+           "statistics.", "", "| reference | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for order, line in ng["lines"].items():
+        out.append(f"| {order} | " + " | ".join(fmt(line.get(k)) for k in keys) + " |")
+    rel = standing(report)
+    if rel:
+        cols = sorted({c for v in rel.values() for c in v})
+        out += ["", "Group mean minus the bigram line (negative: better than the bigram):", "",
+                "| group | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+        out += [f"| {l} | " + " | ".join(fmt(v.get(c)) for c in cols) + " |" for l, v in rel.items()]
+    return out
+
+
 def render_markdown(report: dict) -> str:
     groups = list(report["groups"])
     base = report["baseline"]
@@ -74,6 +144,8 @@ def render_markdown(report: dict) -> str:
     findings = _plain_findings(report)
     if findings:
         out += ["", "## Findings (each group minus the baseline)", "", *findings]
+    out += _primary_lines(report)
+    out += _ngram_lines(report)
     out += ["", "## Runs", "", "| group | seed | run | final tokens | final " + report["metric"]
             + " | tokens at matched loss |", "|---|---|---|---|---|---|"]
     for r in report["runs"]:
@@ -99,12 +171,14 @@ def render_markdown(report: dict) -> str:
     out += ["", "## Method", "",
             "- Groups: same configuration except the seed; labels name the optimizer and its settings "
             "(gamma = optim.inner_lr).",
-            "- Statistics: mean ± sample standard deviation (ddof = 1) over seeds; the difference of "
-            "means with a Welch confidence interval (Welch–Satterthwaite degrees of freedom) and "
-            "`scipy.stats.ttest_ind(equal_var=False)`, two-sided. A difference is called significant "
-            f"when p < {1 - report['confidence']:.2g}; \"not significant\" means the data do not rule out "
-            "a zero difference. No correction for multiple comparisons. A group with fewer than two "
-            "runs allows no test."]
+            "- Statistics: mean ± sample standard deviation (ddof = 1) over seeds. Groups that share "
+            ">= 2 seeds with the baseline are compared seed by seed (paired t-test on the per-seed "
+            "differences, t-interval); otherwise the difference of means with a Welch interval and "
+            "`scipy.stats.ttest_ind(equal_var=False)` (the notes say which groups). Two-sided; a difference "
+            f"is called significant when p < {1 - report['confidence']:.2g} (the Holm-adjusted p for the "
+            "primary endpoint); \"not significant\" means the data do not rule out a zero difference. "
+            "Holm's correction covers the primary family only; every other row is exploratory and "
+            "unadjusted. A group with fewer than two runs allows no test."]
     if report.get("notes"):
         out += ["", "## Notes", "", *[f"- {n}" for n in report["notes"]]]
     return "\n".join(out) + "\n"

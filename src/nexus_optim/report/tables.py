@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from nexus_optim.report.pairing import paired_comparison
 from nexus_optim.report.runs import Run, is_num
 from nexus_optim.report.stats import summarize, verdict, welch
 
@@ -63,8 +64,10 @@ def _direction(metric: str) -> str | None:
 
 
 def stats_table(groups: dict[str, list[Run]], values: dict[int, dict], metrics: list[str],
-           baseline: str | None, confidence: float) -> dict:
-    """{"summary": {metric: {label: summarize}}, "comparisons": {label: {metric: welch}}}."""
+                baseline: str | None, confidence: float, design: dict | None = None) -> dict:
+    """{"summary": {metric: {label: summarize}}, "comparisons": {label: {metric: result}}}:
+    a paired test on common seeds where ``design[label]["paired"]`` (``report/pairing.py``),
+    else Welch (``test = "welch"``)."""
     summary = {m: {l: summarize([values[id(r)].get(m) for r in rs if values.get(id(r))])
                    for l, rs in groups.items()} for m in metrics}
     comps: dict[str, dict] = {}
@@ -73,14 +76,21 @@ def stats_table(groups: dict[str, list[Run]], values: dict[int, dict], metrics: 
             if l == baseline:
                 continue
             comps[l] = {}
+            paired = bool((design or {}).get(l, {}).get("paired"))
             for m in metrics:
-                a = summary[m][l]["values"]
-                b = summary[m][baseline]["values"]
-                if not a and not b:
-                    continue
-                res = welch(a, b, confidence)
+                if paired:
+                    res = paired_comparison(rs, groups[baseline], values, m, confidence)
+                    if res is None:
+                        continue
+                else:
+                    a = summary[m][l]["values"]
+                    b = summary[m][baseline]["values"]
+                    if not a and not b:
+                        continue
+                    res = welch(a, b, confidence)
+                    res["test"] = "welch"
+                    res["verdict"] = verdict(res, l, baseline)
                 res["direction"] = _direction(m)
-                res["verdict"] = verdict(res, l, baseline)
                 comps[l][m] = res
     return {"summary": summary, "comparisons": comps}
 
