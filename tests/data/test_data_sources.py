@@ -5,9 +5,7 @@ the tests are skipped if PyPI cannot be reached, with the reason in the run's su
 (``-rs`` in pytest's addopts).
 """
 
-import os
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,17 +13,11 @@ import pytest
 from nexus_optim.data import gsm, gsm_problems, gsm_template_split
 from nexus_optim.data.sources import BuildContext, build_part, plan
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def data_dir():
-    d = os.environ.get("NEXUS_DATA_DIR") or str(REPO / "data")
-    try:
-        gsm._engine(d)
-    except RuntimeError as e:  # no registry access
-        pytest.skip(f"cannot fetch {gsm.GSM_SPEC} (offline?): {e}")
-    return d
+def data_dir(gsm_data_dir):
+    return gsm_data_dir  # tests/conftest.py: fetched once, or skipped with the reason
 
 
 def test_template_split_is_disjoint_and_fixed(data_dir):

