@@ -14,7 +14,6 @@ from nexus_optim.data import gsm, gsm_problems, gsm_template_split
 from nexus_optim.data.sources import BuildContext, build_part, plan
 
 
-
 @pytest.fixture(scope="module")
 def data_dir(gsm_data_dir):
     return gsm_data_dir  # tests/conftest.py: fetched once, or skipped with the reason

@@ -131,11 +131,15 @@ def derived_value(opt: "Nexus", p: Tensor, key: str) -> Tensor:
 def pack(opt: "Nexus", outer_state: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
     """The outer ``state`` (index -> dict) with the Nexus keys added per parameter."""
     out: dict[int, dict[str, Any]] = {}
+    base = counters(opt, touched=False)  # one read of the device count, not one per parameter
     for i, p in enumerate(opt._params):
         entry = dict(outer_state.get(i, {}))
         view = opt.state[p]
         for key in view:
-            if key.startswith(PREFIX):
+            if key == "nexus_counters":
+                entry[key] = base.clone()
+                entry[key][_TOUCHED] = int(any(k[i] for k in opt._touched))
+            elif key.startswith(PREFIX):
                 entry[key] = view[key]
         out[i] = entry
     return out
