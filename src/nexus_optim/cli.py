@@ -4,9 +4,9 @@
     nexus train [--config C] [--set k=v ...] [--resume | --resume-or-start | --overwrite]
     nexus demo [--out runs/demo] [--steps N] [--seeds 0 1]
     nexus toy [--out DIR] [--seed S]
-    nexus study [--out runs/study] [--workers N] [--steps S]
+    nexus study [--tier pilot|final|report] [--out runs/study] [--summaries DIR] [--workers N]
     nexus geometry grad-sim CKPT [--batches N]      (writes RUN/geometry.json)
-    nexus geometry closeness CKPT [--steps N]       (writes RUN/geometry.json)
+    nexus geometry closeness CKPT [--steps N] [--protocol run|fixed --lr X]  (RUN/geometry.json)
     nexus compare RUN_DIR... --out DIR [--metric val/id] [--target-loss X]
     nexus eval CKPT [--out F.json] [--max-tokens N] [--tasks gsm,arith,mc,code --limit N]
                     [--data-dir DIR | --prepare-data]
@@ -64,9 +64,9 @@ def cmd_demo(args) -> int:
 def cmd_study(args) -> int:
     from nexus_optim.experiments.study import run_study
 
-    run_study(args.out, preset=args.preset, steps=args.steps, sweep_seeds=args.sweep_seeds,
-              final_seeds=args.final_seeds, workers=args.workers, config=args.config,
-              overrides=args.overrides, eval_limit=args.eval_limit)
+    run_study(args.out, tier=args.tier, summaries=args.summaries, workers=args.workers,
+              max_minutes=args.max_minutes, n_final=args.final_seeds,
+              n_secondary=args.secondary_seeds, report_out=args.report_out)
     return 0
 
 
@@ -93,7 +93,8 @@ def cmd_geometry(args) -> int:
         key = "closeness"
         result = closeness_from_checkpoint(args.ckpt, steps=args.steps, seed=args.seed, lr=args.lr,
                                            points=args.points, eval_tokens=args.eval_tokens,
-                                           device=args.device)
+                                           device=args.device, protocol=args.protocol,
+                                           min_lr_ratio=args.min_lr_ratio)
     if not args.no_save:
         path = save_geometry(args.out or args.ckpt, key, result)
         print(f"wrote {path} [{key}]", file=sys.stderr)
@@ -224,15 +225,19 @@ def _add_demo(sub) -> None:
 
 
 def _add_study(sub) -> None:
-    st = sub.add_parser("study", help="AdamW vs Nexus study: sweep, then final seeds, report")
-    st.add_argument("--out", default="runs/study")
-    st.add_argument("--preset", default="nano")
-    st.add_argument("--steps", type=int, default=100, help="outer steps per run")
-    st.add_argument("--sweep-seeds", type=int, nargs="+", default=[100])
-    st.add_argument("--final-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    st = sub.add_parser("study", help="the pre-declared AdamW vs Nexus study (experiments/design.py)")
+    st.add_argument("--tier", default="final", choices=["pilot", "final", "report"])
+    st.add_argument("--out", default="runs/study", help="run directories (checkpoints; not committed)")
+    st.add_argument("--summaries", default=None,
+                    help="per-run summaries + design.json + selection.json (default OUT/summaries)")
+    st.add_argument("--report-out", default=None, help="report directory (default: SUMMARIES/..)")
     st.add_argument("--workers", type=int, default=2, help="parallel single-threaded runs")
-    st.add_argument("--eval-limit", type=int, default=40, help="items per downstream task")
-    _config_args(st)
+    st.add_argument("--final-seeds", type=int, default=None,
+                    help="run the first N final seeds of the design (default: all)")
+    st.add_argument("--secondary-seeds", type=int, default=None,
+                    help="run the first N secondary seeds (default: all)")
+    st.add_argument("--max-minutes", type=float, default=None,
+                    help="start no new run after this many minutes (rerun to continue)")
     st.set_defaults(func=cmd_study)
 
 
@@ -252,7 +257,13 @@ def _add_geometry(sub) -> None:
     gs.add_argument("--batch-size", type=int, default=None, help="default: train.micro_batch_size")
     cl = geo_sub.add_parser("closeness", help="fine-tune on each source alone; spread of the minima")
     cl.add_argument("--steps", type=int, default=20, help="outer fine-tuning steps per source")
-    cl.add_argument("--lr", type=float, default=None, help="fine-tuning lr (default: optim.lr)")
+    cl.add_argument("--protocol", default="run", choices=["run", "fixed"],
+                    help="run: the run's optimizer, constant lr; fixed: AdamW, K=1, cosine from "
+                         "--lr to --min-lr-ratio * lr, the same for every run (default run)")
+    cl.add_argument("--lr", type=float, default=None,
+                    help="fine-tuning (peak) lr (run: default optim.lr; fixed: required)")
+    cl.add_argument("--min-lr-ratio", type=float, default=0.1,
+                    help="fixed: final lr / --lr of the cosine (default 0.1)")
     cl.add_argument("--points", type=int, default=5, help="interpolation points incl. both ends")
     cl.add_argument("--eval-tokens", type=int, default=None, help="default: train.eval_tokens")
     for g in (gs, cl):

@@ -1,24 +1,25 @@
-"""The CPU-scale pretraining study: AdamW vs Nexus (+ controls) at equal tokens.
+"""`nexus study`: the pre-declared CPU study of ``experiments/design.py``.
 
-Phase 1 (sweep, seeds ``sweep_seeds``, disjoint from the final seeds):
-    adamw   lr in SWEEP_LRS
-    nexus   lr = BASE_LR, inner_lr in SWEEP_INNER_LRS x outer_grad in {trajectory, displacement}
-    fish    inner_lr in SWEEP_FISH_INNER_LRS (meta step 0.5)
-Selection: AdamW lr = lowest mean final val/id; Nexus setting = lowest mean final
-(val/ood - val/id), the OOD gap at the run's own in-distribution loss (the claim's
-quantity, not merely faster training); Fish inner_lr = lowest mean final val/id.
-Phase 2 (final, seeds ``final_seeds``): adamw(best lr), nexus(best setting, same outer lr),
-random-control (same inner_lr, outer lr), fish(best). Each final run then gets downstream
-tasks (``downstream.json``) and geometry (grad-sim, closeness: ``geometry.json``), and
-``compare_runs`` writes the matched-loss report. Runs execute as parallel single-threaded
-subprocesses; finished runs are reused and interrupted ones resume from checkpoints.
+    --tier pilot   the pilot (pilot seeds): AdamW lr grid, then the Nexus gamma grid at lr*;
+                   writes ``selection.json`` (lr*, gamma*, the two endpoint levels)
+    --tier final   the pilot if needed, then the final seeds: primary arms seed by seed, then
+                   the secondary arms; then the report
+    --tier report  only the report, from the per-run summaries
+
+Every run is a single-threaded ``nexus train`` subprocess (``workers`` at a time) under
+``out/<phase>/<name>`` that resumes when interrupted; after training each run gets its full
+validation sets (``final_eval.json``) and the fixed-protocol closeness (``geometry.json``),
+and a small summary (config, metrics.jsonl, final_eval.json, geometry.json, run.json; no
+checkpoints) is copied to ``summaries/<phase>/<name>``. Finished summaries are never redone,
+so adding seeds (``--final-seeds``) extends the study. ``design.json`` is written before the
+first run and must not change between invocations (refused otherwise).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import statistics
+import shutil
 import subprocess
 import sys
 import time
@@ -26,26 +27,29 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from nexus_optim.experiments.runs import final_eval, finished
-from nexus_optim.report import compare_runs
+from nexus_optim.experiments.design import (PRIMARY_ARMS, SECONDARY_ARMS, StudyDesign, arm_overrides,
+                                            select_gamma, select_lr, value_at_fraction)
+from nexus_optim.experiments.runs import finished
 from nexus_optim.runtime import write_json
+from nexus_optim.train.logging import read_metrics
 
-SWEEP_LRS = (1e-3, 3e-3, 1e-2)
-BASE_LR = 3e-3
-SWEEP_INNER_LRS = (0.02, 0.05, 0.1)
-SWEEP_FISH_INNER_LRS = (0.1, 0.3)
-FISH_META_LR = 0.5
+SUMMARY_FILES = ("config.yaml", "metrics.jsonl", "prepared.json", "final_eval.json", "geometry.json")
 
 
 @dataclass(frozen=True)
-class SweepRun:
-    """One sweep run: its family ("adamw" | "nexus" | "fish"), the setting it tries (adamw:
-    lr; nexus: (outer_grad, inner_lr); fish: inner_lr), its seed and its config overrides."""
+class RunSpec:
+    """One run of the study: ``name`` = "<phase>/<arm>[_<setting>]_s<seed>"."""
 
-    family: str
-    setting: object
+    name: str
+    phase: str  # pilot | final
+    arm: str
     seed: int
+    setting: tuple  # (("lr", x), ("gamma", y))
     sets: tuple[str, ...]
+
+    def info(self) -> dict:
+        return {"name": self.name, "phase": self.phase, "arm": self.arm, "seed": self.seed,
+                "setting": dict(self.setting)}
 
 
 def _run(cmd: list[str], log: Path, env: dict) -> int:
@@ -53,147 +57,182 @@ def _run(cmd: list[str], log: Path, env: dict) -> int:
         return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
 
 
+def _curve(path: Path) -> list[dict]:
+    try:
+        return [r for r in read_metrics(path) if "val/id" in r]
+    except (FileNotFoundError, ValueError):
+        return []
+
+
 class Study:
-    def __init__(self, out: str | Path, preset: str = "nano", steps: int = 100,
-                 sweep_seeds=(100,), final_seeds=(0, 1, 2, 3, 4), workers: int = 2,
-                 config: str | None = None, overrides: list[str] | None = None,
-                 eval_limit: int = 40, closeness_steps: int = 10):
+    def __init__(self, out: str | Path = "runs/study", summaries: str | Path | None = None,
+                 design: StudyDesign | None = None, workers: int = 2, max_minutes: float | None = None):
         self.out = Path(out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.steps, self.workers = steps, workers
-        self.sweep_seeds, self.final_seeds = list(sweep_seeds), list(final_seeds)
-        self.eval_limit, self.closeness_steps = eval_limit, closeness_steps
-        self.base = [f"model.preset={preset}", f"train.steps={steps}", "train.eval_every=20",
-                     "train.eval_tokens=8192", "train.ckpt_every=20", "train.export_hf=false",
-                     "train.progress=false", "train.threads=1", "train.device=cpu",
-                     *(overrides or [])]
-        self.config = config
+        self.summaries = Path(summaries) if summaries else self.out / "summaries"
+        self.design = design or StudyDesign()
+        self.workers, self.deadline = workers, (time.time() + 60 * max_minutes if max_minutes else None)
         self.env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        self.cli = [sys.executable, "-m", "nexus_optim.cli"]
 
-    # ---------------------------------------------------------------------- running
-    def _train_cmd(self, run_dir: Path, sets: list[str]) -> list[str]:
-        cmd = [sys.executable, "-m", "nexus_optim.cli", "train"]
-        if self.config:
-            cmd += ["--config", self.config]
-        for s in [*self.base, *sets, f"train.out_dir={run_dir}"]:
-            cmd += ["--set", s]
-        cmd.append("--resume-or-start")  # continue an interrupted run, else start it
-        return cmd
+    # ------------------------------------------------------------------ declaration
+    def declare(self) -> None:
+        """Write ``design.json`` (or check the one there is the same design)."""
+        self.summaries.mkdir(parents=True, exist_ok=True)
+        path, mine = self.summaries / "design.json", json.loads(json.dumps(self.design.to_dict()))
+        if path.exists():
+            old = json.loads(path.read_text())
+            changed = sorted(k for k in set(old) | set(mine) if old.get(k) != mine.get(k))
+            if changed:
+                raise ValueError(f"study: {path} declares a different design (keys {', '.join(changed)}); "
+                                 f"use another --summaries directory")
+        else:
+            write_json(path, mine, indent=2)
 
-    def _train_one(self, item: tuple[str, list[str]]) -> tuple[str, int]:
-        name, sets = item
-        run_dir = self.out / name
-        if finished(run_dir, self.steps):
-            return name, 0
+    # ---------------------------------------------------------------------- the runs
+    def _spec(self, phase: str, arm: str, seed: int, setting: dict, sets: list[str], tag: str = "") -> RunSpec:
+        name = f"{phase}/{arm}{tag}_s{seed}"
+        return RunSpec(name, phase, arm, seed, tuple(setting.items()), (*sets, f"train.seed={seed}"))
+
+    def pilot_lr_runs(self) -> list[RunSpec]:
+        return [self._spec("pilot", "adamw", s, {"lr": lr}, arm_overrides("adamw", lr, 0.0), f"_lr{lr:g}")
+                for s in self.design.pilot_seeds for lr in self.design.adamw_lrs]
+
+    def pilot_gamma_runs(self, lr: float) -> list[RunSpec]:
+        return [self._spec("pilot", "nexus", s, {"lr": lr, "gamma": g}, arm_overrides("nexus", lr, g), f"_g{g:g}")
+                for s in self.design.pilot_seeds for g in self.design.gammas]
+
+    def final_runs(self, sel: dict, n_final: int | None = None, n_secondary: int | None = None) -> list[RunSpec]:
+        """Primary arms seed by seed, then the secondary arms seed by seed (the order runs start)."""
+        d, lr, g = self.design, sel["lr"], sel["gamma"]
+        finals = d.final_seeds[:n_final] if n_final is not None else d.final_seeds
+        seconds = d.secondary_seeds[:n_secondary] if n_secondary is not None else d.secondary_seeds
+        setting = {"lr": lr, "gamma": g}
+        return ([self._spec("final", a, s, setting, arm_overrides(a, lr, g)) for s in finals for a in PRIMARY_ARMS]
+                + [self._spec("final", a, s, setting, arm_overrides(a, lr, g)) for s in seconds for a in SECONDARY_ARMS])
+
+    # --------------------------------------------------------------------- executing
+    def _train(self, spec: RunSpec) -> bool:
+        run_dir = self.out / spec.name
+        if finished(run_dir, self.design.steps):
+            return True
         run_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [*self.cli, "train"]
+        for s in [*self.design.base_overrides(), *spec.sets, f"train.out_dir={run_dir}"]:
+            cmd += ["--set", s]
         t = time.time()
-        rc = _run(self._train_cmd(run_dir, sets), run_dir / "train.log", self.env)
-        print(f"[study] {name}: rc={rc} in {time.time() - t:.0f}s", flush=True)
-        return name, rc
+        rc = _run([*cmd, "--resume-or-start"], run_dir / "train.log", self.env)
+        print(f"[study] {spec.name}: train rc={rc} in {time.time() - t:.0f}s", flush=True)
+        return rc == 0 and finished(run_dir, self.design.steps)
 
-    def _parallel(self, fn, items) -> list:
-        with ThreadPoolExecutor(self.workers) as pool:
-            return list(pool.map(fn, items))
-
-    def train_all(self, runs: dict[str, list[str]]) -> None:
-        failed = [n for n, rc in self._parallel(self._train_one, list(runs.items())) if rc]
-        if failed:
-            raise RuntimeError(f"study: runs failed (see their train.log): {', '.join(failed)}")
-
-    def _evaluate_one(self, name: str) -> None:
-        run_dir = self.out / name
-        cli = [sys.executable, "-m", "nexus_optim.cli"]
-        jobs = []
-        if not (run_dir / "downstream.json").exists():
-            jobs.append(cli + ["eval", str(run_dir), "--no-losses", "--tasks", "arith,mc,code", "--limit",
-                               str(self.eval_limit), "--out", str(run_dir / "downstream.json"),
-                               "--no-progress", "--device", "cpu"])
+    def _post(self, spec: RunSpec) -> None:
+        """Full validation sets and the fixed closeness protocol, then the summary."""
+        d, run_dir = self.design, self.out / spec.name
+        log = run_dir / "post.log"
+        if not (run_dir / "final_eval.json").exists():
+            _run([*self.cli, "eval", str(run_dir), "--out", str(run_dir / "final_eval.json"),
+                  "--no-progress", "--device", "cpu"], log, self.env)
         geo = run_dir / "geometry.json"
-        have = json.loads(geo.read_text()) if geo.exists() else {}
-        if "grad_sim" not in have:
-            jobs.append(cli + ["geometry", "grad-sim", str(run_dir), "--device", "cpu"])
-        if "closeness" not in have:
-            jobs.append(cli + ["geometry", "closeness", str(run_dir), "--steps",
-                               str(self.closeness_steps), "--device", "cpu"])
-        for cmd in jobs:
-            _run(cmd, run_dir / "eval.log", self.env)
+        if "closeness" not in (json.loads(geo.read_text()) if geo.exists() else {}):
+            _run([*self.cli, "geometry", "closeness", str(run_dir), "--protocol", "fixed",
+                  "--lr", str(d.closeness_lr), "--min-lr-ratio", str(d.closeness_min_lr_ratio),
+                  "--steps", str(d.closeness_steps), "--points", str(d.closeness_points),
+                  "--eval-tokens", str(d.closeness_eval_tokens), "--seed", str(d.closeness_seed),
+                  "--device", "cpu"], log, self.env)
+        self._summarize(spec)
 
-    # ------------------------------------------------------------------------ phases
-    def sweep_runs(self) -> dict[str, SweepRun]:
-        runs = {}
-        for seed in self.sweep_seeds:
-            for lr in SWEEP_LRS:
-                runs[f"sweep/adamw_lr{lr:g}_s{seed}"] = SweepRun(
-                    "adamw", lr, seed, ("optim.name=adamw", f"optim.lr={lr}", f"train.seed={seed}"))
-            for g in SWEEP_INNER_LRS:
-                for og in ("trajectory", "displacement"):
-                    runs[f"sweep/nexus_{og}_g{g:g}_s{seed}"] = SweepRun("nexus", (og, g), seed, (
-                        "optim.name=nexus", f"optim.lr={BASE_LR}", f"optim.inner_lr={g}",
-                        f"optim.outer_grad={og}", f"train.seed={seed}"))
-            for g in SWEEP_FISH_INNER_LRS:
-                runs[f"sweep/fish_g{g:g}_s{seed}"] = SweepRun("fish", g, seed, (
-                    "optim.name=fish", f"optim.lr={FISH_META_LR}", f"optim.inner_lr={g}",
-                    f"train.seed={seed}"))
-        return runs
+    def _summarize(self, spec: RunSpec) -> None:
+        src, dst = self.out / spec.name, self.summaries / spec.name
+        tmp = dst.with_name(f".tmp-{dst.name}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for f in SUMMARY_FILES:
+            if (src / f).exists():
+                shutil.copy2(src / f, tmp / f)
+        write_json(tmp / "run.json", spec.info(), indent=2)
+        shutil.rmtree(dst, ignore_errors=True)
+        tmp.rename(dst)
 
-    def select(self, sweep: dict[str, SweepRun]) -> dict:
-        """The best setting of each family over the sweep seeds (module docstring)."""
-        finals: dict[tuple[str, object], list[dict]] = {}
-        for name, run in sweep.items():
-            rec = final_eval(self.out / name)
-            if rec is None:
-                raise RuntimeError(f"study: sweep run {name} has no final eval")
-            finals.setdefault((run.family, run.setting), []).append(rec)
+    def summarized(self, spec: RunSpec, post: bool = True) -> bool:
+        dst = self.summaries / spec.name
+        need = ("run.json", "metrics.jsonl", *(("final_eval.json", "geometry.json") if post else ()))
+        return all((dst / f).exists() for f in need)
 
-        def mean_of(family: str, key: str) -> dict:
-            return {setting: statistics.mean(r[key] for r in recs)
-                    for (fam, setting), recs in finals.items() if fam == family}
+    def _job(self, spec: RunSpec, post: bool = True) -> bool:
+        if self.summarized(spec, post):
+            return True
+        if self.deadline and time.time() > self.deadline:
+            return False
+        ok = self._train(spec)
+        if ok and post:
+            self._post(spec)
+        elif ok:
+            self._summarize(spec)
+        return ok
 
-        lrs = mean_of("adamw", "val/id")
-        ood, idl = mean_of("nexus", "val/ood"), mean_of("nexus", "val/id")
-        nexus = {k: ood[k] - idl[k] for k in ood}
-        fish = mean_of("fish", "val/id")
-        return {"adamw_lr": min(lrs, key=lrs.get), "nexus": min(nexus, key=nexus.get),
-                "fish_inner_lr": min(fish, key=fish.get),
-                "sweep": {"adamw_val_id": lrs,
-                          "nexus_ood_minus_id": {f"{k[0]},{k[1]}": v for k, v in nexus.items()},
-                          "fish_val_id": fish}}
+    def execute(self, specs: list[RunSpec], post: bool = True) -> list[RunSpec]:
+        """Run (train, then post-process) ``specs``, ``workers`` at a time, in order; the
+        runs that did not finish."""
+        with ThreadPoolExecutor(self.workers) as pool:
+            ok = list(pool.map(lambda s: self._job(s, post), specs))
+        return [s for s, k in zip(specs, ok) if not k]
 
-    def final_runs(self, best: dict) -> dict[str, list[str]]:
-        lr = best["adamw_lr"]
-        og, g = best["nexus"]
-        runs = {}
-        for seed in self.final_seeds:
-            runs[f"final/adamw_s{seed}"] = ["optim.name=adamw", f"optim.lr={lr}", f"train.seed={seed}"]
-            runs[f"final/nexus_s{seed}"] = ["optim.name=nexus", f"optim.lr={lr}", f"optim.inner_lr={g}",
-                                            f"optim.outer_grad={og}", f"train.seed={seed}"]
-            runs[f"final/random_s{seed}"] = ["optim.name=random-control", f"optim.lr={lr}",
-                                             f"optim.inner_lr={g}", f"train.seed={seed}"]
-            runs[f"final/fish_s{seed}"] = ["optim.name=fish", f"optim.lr={FISH_META_LR}",
-                                           f"optim.inner_lr={best['fish_inner_lr']}", f"train.seed={seed}"]
-        return runs
+    # -------------------------------------------------------------------- selection
+    def _curves(self, specs: list[RunSpec], key: str) -> dict:
+        out: dict = {}
+        for s in specs:
+            out.setdefault(dict(s.setting)[key], []).append(_curve(self.summaries / s.name))
+        return out
 
-    def run(self) -> dict:
+    def pilot(self) -> dict:
+        """Run the pilot and write ``selection.json`` (kept once written)."""
+        path = self.summaries / "selection.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        d = self.design
+        lr_runs = self.pilot_lr_runs()
+        self.execute(lr_runs, post=False)
+        lr, lr_means = select_lr(self._curves(lr_runs, "lr"))
+        g_runs = self.pilot_gamma_runs(lr)
+        missing = self.execute(g_runs, post=False)
+        if missing and self.deadline and time.time() > self.deadline:
+            raise TimeoutError("study: time budget spent during the pilot; rerun to continue")
+        best = [_curve(self.summaries / s.name) for s in lr_runs if dict(s.setting)["lr"] == lr]
+        adamw_final = sum(c[-1]["val/id"] for c in best) / len(best)
+        gamma, g_means, rule = select_gamma(self._curves(g_runs, "gamma"), adamw_final, d.gamma_tolerance)
+        levels = [sum(value_at_fraction(c, f, d.steps) for c in best) / len(best) for f in d.level_fractions]
+        sel = {"lr": lr, "gamma": gamma, "gamma_rule": rule, "levels": levels,
+               "level_fractions": list(d.level_fractions), "adamw_final_val_id": adamw_final,
+               "pilot_val_id": {"adamw_lr": {f"{k:g}": v for k, v in lr_means.items()},
+                                "nexus_gamma": {f"{k:g}": v for k, v in g_means.items()}},
+               "pilot_runs": [s.name for s in lr_runs + g_runs], "read": "val/id only",
+               "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        write_json(path, sel, indent=2)
+        print(f"[study] selected lr*={lr:g} gamma*={gamma:g} levels={levels}", flush=True)
+        return sel
+
+    # --------------------------------------------------------------------- the tiers
+    def run(self, tier: str = "final", n_final: int | None = None, n_secondary: int | None = None,
+            report_out: str | Path | None = None) -> dict:
+        if tier not in ("pilot", "final", "report"):
+            raise ValueError(f"study --tier: {tier!r} is not one of 'pilot', 'final', 'report'")
         t0 = time.time()
-        sweep = self.sweep_runs()
-        self.train_all({n: list(r.sets) for n, r in sweep.items()})
-        best = self.select(sweep)
-        print(f"[study] selected: {best}", flush=True)
-        final = self.final_runs(best)
-        self.train_all(final)
-        self._parallel(self._evaluate_one, list(final))
-        # matched loss is the largest final val/id: Fish trains far slower, so it gets its
-        # own report (with it, the target would sit at AdamW's first evaluation)
-        compare_runs([str(self.out / n) for n in final if "/fish_" not in n], str(self.out / "report"))
-        compare_runs([str(self.out / n) for n in final], str(self.out / "report_with_fish"))
-        sweep_report = compare_runs([str(self.out / n) for n in sweep], str(self.out / "sweep_report"))
-        summary = {"selection": {**best, "nexus": list(best["nexus"])}, "steps": self.steps,
-                   "sweep_seeds": self.sweep_seeds, "final_seeds": self.final_seeds,
-                   "runtime_s": time.time() - t0, "base_overrides": self.base}
-        write_json(self.out / "study.json", summary, indent=2, default=str)
-        print(f"[study] done in {summary['runtime_s']:.0f}s: {self.out / 'report' / 'report.md'}")
-        return {"summary": summary, "sweep_report": sweep_report.get("target") if isinstance(sweep_report, dict) else None}
+        if tier != "report":
+            self.declare()
+            sel = self.pilot()
+            if tier == "final":
+                left = self.execute(self.final_runs(sel, n_final, n_secondary))
+                pilot_post = [s for s in self.pilot_lr_runs() + self.pilot_gamma_runs(sel["lr"])]
+                left += self.execute(pilot_post)  # closeness of the pilot runs: the regression
+                if left:
+                    print(f"[study] {len(left)} run(s) not done (time budget or failure): "
+                          f"{', '.join(s.name for s in left)}; rerun the same command to continue", flush=True)
+        from nexus_optim.report.study import study_report
+
+        report = study_report(self.summaries, report_out or self.summaries.parent)
+        print(f"[study] {tier} in {time.time() - t0:.0f}s; report: {report['paths']['markdown']}", flush=True)
+        return report
 
 
-def run_study(out: str | Path = "runs/study", **kwargs) -> dict:
-    return Study(out, **kwargs).run()
+def run_study(out: str | Path = "runs/study", tier: str = "final", **kwargs) -> dict:
+    run_kw = {k: kwargs.pop(k) for k in ("n_final", "n_secondary", "report_out") if k in kwargs}
+    return Study(out, **kwargs).run(tier, **run_kw)

@@ -1,0 +1,165 @@
+"""The pre-declared design of the CPU study (`nexus study`), written into its output
+(``design.json``) before any final run starts. Nothing here reads an OOD number.
+
+Arms (same init, data order and schedule per seed; only the optimizer or the micro-batch
+composition differs):
+    adamw          AdamW, lr*, K-step accumulation
+    nexus          Nexus gamma*, lr*, source-homogeneous micro-batches (one source each)
+    nexus-mixed    Nexus gamma*, lr*, mixed micro-batches: the same inner moves with no
+                   source structure (isolates *between-source* gradient similarity)
+    random         random-direction control (moves of length gamma* in random directions)
+    nexus-follow   Nexus gamma*, inner_lr_follows_lr (gamma decays with the lr schedule)
+Primary arms: adamw, nexus, nexus-mixed (``final_seeds``); secondary: random, nexus-follow
+(``secondary_seeds``).
+
+Selection (pilot seeds, disjoint from the final seeds; in-distribution loss only):
+    lr*     the AdamW lr in ``adamw_lrs`` with the lowest mean val/id at the end of training
+    gamma*  the largest gamma in ``gammas`` (Nexus homogeneous at lr*) whose mean val/id at the
+            end is within ``gamma_tolerance`` nats of AdamW(lr*) at equal tokens; if none is,
+            the gamma with the lowest val/id (reported as such)
+    levels  the two in-distribution levels of the primary endpoint: the pilot AdamW(lr*)
+            run's val/id at ``level_fractions`` of training (interpolated between evals)
+
+Primary endpoint: a run's mean val/ood over the two levels (OOD read where the run's val/id
+curve crosses each level, linear between evaluations). Family (Holm): Nexus - AdamW and
+Nexus - nexus-mixed, paired t over seeds, 95% CI. Everything else is exploratory.
+Closeness: every final checkpoint fine-tuned per source with the same fixed AdamW protocol.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+PRIMARY_ARMS = ("adamw", "nexus", "nexus-mixed")
+SECONDARY_ARMS = ("random", "nexus-follow")
+ARMS = PRIMARY_ARMS + SECONDARY_ARMS
+FAMILY = (("nexus", "adamw"), ("nexus", "nexus-mixed"))  # (a, b): difference a - b
+
+
+@dataclass(frozen=True)
+class StudyDesign:
+    """Every choice of the study, fixed before the final runs (module docstring)."""
+
+    # model and data: sized so AdamW ends >= 0.3 nats below the bigram val/id (docs)
+    preset: str = "nano"
+    model_overrides: dict = field(default_factory=lambda: {"num_hidden_layers": 2})
+    vocab_size: int = 512
+    seq_len: int = 128
+    steps: int = 400
+    inner_steps: int = 4
+    micro_batch_size: int = 8
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1
+    # evaluation: every 5% of training, 32k tokens per source; full val sets at the end
+    eval_every: int = 20
+    eval_tokens: int = 32768
+    grad_sim_batches: int = 2
+    # seeds
+    pilot_seeds: tuple = (1000,)
+    final_seeds: tuple = tuple(range(10))
+    secondary_seeds: tuple = tuple(range(4))
+    # selection (pilot, val/id only)
+    adamw_lrs: tuple = (3e-3, 6e-3, 1.2e-2, 2.4e-2)
+    gammas: tuple = (0.1, 0.3, 1.0, 3.0)
+    gamma_tolerance: float = 0.03
+    level_fractions: tuple = (0.75, 0.9)
+    # closeness: the same fine-tune for every arm
+    closeness_steps: int = 100
+    closeness_lr: float = 1e-3
+    closeness_min_lr_ratio: float = 0.1
+    closeness_seed: int = 0
+    closeness_points: int = 5
+    closeness_eval_tokens: int = 8192
+    # statistics
+    confidence: float = 0.95
+    power: float = 0.8
+    paper_ood_effect: float = 0.012
+
+    def __post_init__(self):
+        if set(self.pilot_seeds) & (set(self.final_seeds) | set(self.secondary_seeds)):
+            raise ValueError("design: pilot_seeds must be disjoint from final_seeds and secondary_seeds")
+        if self.eval_every * 20 > self.steps:
+            raise ValueError(f"design: eval_every must be <= 5% of steps ({self.steps / 20:g})")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.update(primary_arms=list(PRIMARY_ARMS), secondary_arms=list(SECONDARY_ARMS),
+                 family=[f"{a} - {b}" for a, b in FAMILY], endpoint=ENDPOINT, selection=SELECTION)
+        return d
+
+    def base_overrides(self) -> list[str]:
+        """``--set`` overrides shared by every run of the study."""
+        ov = ", ".join(f"{k}: {v}" for k, v in self.model_overrides.items())
+        return [f"model.preset={self.preset}", f"model.overrides={{{ov}}}",
+                f"data.vocab_size={self.vocab_size}", f"model.seq_len={self.seq_len}",
+                f"train.steps={self.steps}", f"optim.inner_steps={self.inner_steps}",
+                f"train.micro_batch_size={self.micro_batch_size}",
+                f"schedule.warmup_steps={self.warmup_steps}", f"schedule.min_lr_ratio={self.min_lr_ratio}",
+                f"train.eval_every={self.eval_every}", f"train.eval_tokens={self.eval_tokens}",
+                f"train.grad_sim_batches={self.grad_sim_batches}", f"train.ckpt_every={self.steps // 4}",
+                "train.keep_checkpoints=1", "train.export_hf=false", "train.progress=false",
+                "train.threads=1", "train.device=cpu"]
+
+
+ENDPOINT = ("mean val/ood at the two in-distribution levels (selection.levels), read where each "
+            "run's val/id curve crosses the level; per-seed differences, paired t-test, 95% CI, "
+            "Holm over the family")
+SELECTION = ("lr*: lowest mean final val/id over adamw_lrs; gamma*: largest gamma within "
+             "gamma_tolerance of AdamW(lr*) final val/id (else lowest val/id); levels: pilot "
+             "AdamW(lr*) val/id at level_fractions of training. Pilot seeds only, val/id only.")
+
+
+def arm_overrides(arm: str, lr: float, gamma: float) -> list[str]:
+    """The ``--set`` overrides of an arm at the selected lr* and gamma*."""
+    nexus = ["optim.name=nexus", f"optim.lr={lr}", f"optim.inner_lr={gamma}"]
+    table = {
+        "adamw": ["optim.name=adamw", f"optim.lr={lr}"],
+        "nexus": nexus,
+        "nexus-mixed": [*nexus, "train.sampling=mixed"],
+        "random": ["optim.name=random-control", f"optim.lr={lr}", f"optim.inner_lr={gamma}"],
+        "nexus-follow": [*nexus, "optim.inner_lr_follows_lr=true"],
+    }
+    if arm not in table:
+        raise ValueError(f"arm: {arm!r} is not one of {', '.join(ARMS)}")
+    return table[arm]
+
+
+# ------------------------------------------------------------------ selection rules
+def _mean_final(curves: list[list[dict]]) -> float:
+    vals = [c[-1]["val/id"] for c in curves if c and "val/id" in c[-1]]
+    return sum(vals) / len(vals) if vals else float("inf")
+
+
+def select_lr(curves: dict[float, list[list[dict]]]) -> tuple[float, dict[float, float]]:
+    """lr* = the lr with the lowest mean final val/id over its pilot seeds; a run that
+    diverged or did not finish has no final val/id and counts as +inf."""
+    means = {lr: _mean_final(cs) for lr, cs in curves.items()}
+    finite = {lr: m for lr, m in means.items() if m < float("inf")}
+    if not finite:
+        raise RuntimeError("study: no AdamW pilot run finished; cannot select lr*")
+    return min(finite, key=finite.get), means
+
+
+def select_gamma(curves: dict[float, list[list[dict]]], adamw_final: float,
+                 tolerance: float) -> tuple[float, dict[float, float], str]:
+    """gamma* = the largest gamma whose mean final val/id is within ``tolerance`` of
+    AdamW(lr*)'s; else the gamma with the lowest val/id. Returns (gamma*, means, rule used)."""
+    means = {g: _mean_final(cs) for g, cs in curves.items()}
+    within = [g for g, m in means.items() if m <= adamw_final + tolerance]
+    if within:
+        return max(within), means, f"largest gamma within {tolerance:g} nats of AdamW"
+    finite = {g: m for g, m in means.items() if m < float("inf")}
+    if not finite:
+        raise RuntimeError("study: no Nexus pilot run finished; cannot select gamma*")
+    return min(finite, key=finite.get), means, f"no gamma within {tolerance:g} nats: lowest val/id"
+
+
+def value_at_fraction(curve: list[dict], fraction: float, steps: int, key: str = "val/id") -> float:
+    """``key`` at ``fraction`` of training (linear in steps between the evals around it)."""
+    target = fraction * steps
+    pts = [(r["step"], r[key]) for r in curve if key in r]
+    for (s0, v0), (s1, v1) in zip(pts, pts[1:]):
+        if s0 <= target <= s1:
+            return v0 + (target - s0) / (s1 - s0) * (v1 - v0)
+    raise ValueError(f"study: no {key} evaluations around step {target:g} (fraction {fraction:g})")
