@@ -66,7 +66,8 @@ def cmd_study(args) -> int:
 
     run_study(args.out, tier=args.tier, summaries=args.summaries, workers=args.workers,
               max_minutes=args.max_minutes, n_final=args.final_seeds,
-              n_secondary=args.secondary_seeds, report_out=args.report_out)
+              n_secondary=args.secondary_seeds, report_out=args.report_out,
+              report_md=args.report_md)
     return 0
 
 
@@ -231,6 +232,7 @@ def _add_study(sub) -> None:
     st.add_argument("--summaries", default=None,
                     help="per-run summaries + design.json + selection.json (default OUT/summaries)")
     st.add_argument("--report-out", default=None, help="report directory (default: SUMMARIES/..)")
+    st.add_argument("--report-md", default=None, help="the markdown report (default REPORT_OUT/report.md)")
     st.add_argument("--workers", type=int, default=2, help="parallel single-threaded runs")
     st.add_argument("--final-seeds", type=int, default=None,
                     help="run the first N final seeds of the design (default: all)")

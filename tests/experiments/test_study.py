@@ -1,60 +1,108 @@
-"""``Study.select``: the best setting of each family from the sweep runs' final evals,
-averaged over the sweep seeds, read from the settings each run carries (not its name)."""
+"""The study's pre-declared rules (experiments/design.py) and its orchestration
+(experiments/study.py) on summaries written by the test: selection reads val/id only, from
+pilot seeds; the final runs are ordered and configured as declared; a changed design is refused."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import yaml
 
-from nexus_optim.experiments.study import SWEEP_FISH_INNER_LRS, SWEEP_INNER_LRS, SWEEP_LRS, Study
+from nexus_optim.experiments.design import (PRIMARY_ARMS, SECONDARY_ARMS, StudyDesign, arm_overrides,
+                                            select_gamma, select_lr, value_at_fraction)
+from nexus_optim.experiments.study import Study
 
-
-def _write_final(run_dir, step, val_id, val_ood):
-    run_dir.mkdir(parents=True)
-    rows = [{"step": step - 10, "val/id": 99.0, "val/ood": 99.0, "tokens": 1},  # not the final
-            {"step": step, "train/loss": 1.0},
-            {"step": step, "val/id": val_id, "val/ood": val_ood, "tokens": 2}]
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+SMALL = dict(steps=20, eval_every=1, adamw_lrs=(1e-3, 3e-3), gammas=(0.1, 0.3, 1.0),
+             final_seeds=(0, 1, 2), secondary_seeds=(0,))
 
 
-def test_select_picks_each_family_by_its_criterion_over_seeds(tmp_path):
-    study = Study(tmp_path, steps=20, sweep_seeds=(100, 101))
-    sweep = study.sweep_runs()
-    for name, run in sweep.items():
-        fam, setting, seed = run.family, run.setting, run.seed
-        if fam == "adamw":  # lr 3e-3 is best on the mean; seed 101 alone would pick 1e-2
-            val_id = {1e-3: 4.0, 3e-3: 3.0, 1e-2: 3.5}[setting]
-            if seed == 101 and setting == 1e-2:
-                val_id = 2.9
-            val_ood = val_id + 1.0
-        elif fam == "nexus":  # the lowest val/id is (trajectory, 0.1); the lowest gap is
-            og, g = setting   # (displacement, 0.05): the gap decides
-            val_id = 2.0 if (og, g) == ("trajectory", 0.1) else 3.0
-            gap = 0.2 if (og, g) == ("displacement", 0.05) else 1.0
-            val_ood = val_id + gap
-        else:
-            val_id = {0.1: 5.0, 0.3: 4.5}[setting]
-            val_ood = val_id + 1.0
-        _write_final(tmp_path / name, 20, val_id, val_ood)
-    best = study.select(sweep)
-    assert best["adamw_lr"] == 3e-3
-    assert best["nexus"] == ("displacement", 0.05)
-    assert best["fish_inner_lr"] == 0.3
-    assert best["sweep"]["adamw_val_id"][1e-2] == pytest.approx((3.5 + 2.9) / 2)
-    assert set(best["sweep"]["adamw_val_id"]) == set(SWEEP_LRS)
-    assert len(best["sweep"]["nexus_ood_minus_id"]) == 2 * len(SWEEP_INNER_LRS)
-    assert set(best["sweep"]["fish_val_id"]) == set(SWEEP_FISH_INNER_LRS)
-    # the settings come from the runs, not their names: renaming a run changes nothing
-    renamed = {f"sweep/run{i}": r for i, r in enumerate(sweep.values())}
-    for (old, _), new in zip(sweep.items(), renamed):
-        (tmp_path / old).rename(tmp_path / new.replace("/", "_"))
-    renamed = {n.replace("/", "_"): r for n, r in renamed.items()}
-    assert study.select(renamed) == best
+def _curve(final_id, steps=20, ood_offset=1.0):
+    """val/id falling linearly from final_id + 1 to final_id over the run."""
+    return [{"step": s, "tokens": 100 * s, "val/id": final_id + 1 - s / steps,
+             "val/ood": final_id + ood_offset + 1 - s / steps} for s in range(1, steps + 1)]
 
 
-def test_select_refuses_a_sweep_run_without_a_final_eval(tmp_path):
-    study = Study(tmp_path, steps=20, sweep_seeds=(100,))
-    sweep = study.sweep_runs()
-    with pytest.raises(RuntimeError, match="has no final eval"):
-        study.select(sweep)
+def _write_summary(root, name, curve, info):
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text(yaml.safe_dump({"train": {"seed": info["seed"]}, "model": {"seq_len": 8}}))
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in curve))
+    (d / "run.json").write_text(json.dumps(info))
+
+
+def test_select_lr_takes_the_lowest_mean_final_val_id_and_skips_unfinished_runs():
+    lr, means = select_lr({1e-3: [_curve(3.0), _curve(3.2)], 3e-3: [_curve(3.05)], 1e-2: [[]]})
+    assert lr == 3e-3 and means[1e-3] == pytest.approx(3.1) and means[1e-2] == float("inf")
+    with pytest.raises(RuntimeError, match="no AdamW pilot run finished"):
+        select_lr({1e-3: [[]]})
+
+
+def test_select_gamma_takes_the_largest_within_tolerance_else_the_lowest():
+    curves = {0.1: [_curve(3.01)], 0.3: [_curve(3.029)], 1.0: [_curve(3.031)], 3.0: [[]]}
+    g, means, rule = select_gamma(curves, adamw_final=3.0, tolerance=0.03)
+    assert g == 0.3 and "largest" in rule and means[3.0] == float("inf")
+    g, _, rule = select_gamma({0.1: [_curve(3.2)], 0.3: [_curve(3.1)]}, 3.0, 0.03)
+    assert g == 0.3 and "lowest" in rule
+
+
+def test_value_at_fraction_interpolates_between_evals():
+    curve = [{"step": 10, "val/id": 4.0}, {"step": 20, "val/id": 3.0}]
+    assert value_at_fraction(curve, 0.75, 20) == pytest.approx(3.5)
+    with pytest.raises(ValueError, match="no val/id evaluations around step 2"):
+        value_at_fraction(curve, 0.1, 20)
+
+
+def test_design_refuses_overlapping_seeds_and_sparse_evals():
+    with pytest.raises(ValueError, match="disjoint"):
+        StudyDesign(pilot_seeds=(0,))
+    with pytest.raises(ValueError, match="eval_every must be <= 5%"):
+        StudyDesign(steps=100, eval_every=10)
+
+
+def test_final_runs_are_primary_seed_by_seed_then_secondary_with_the_declared_settings(tmp_path):
+    st = Study(tmp_path / "runs", tmp_path / "summ", design=StudyDesign(**SMALL))
+    specs = st.final_runs({"lr": 3e-3, "gamma": 0.3})
+    assert [s.name for s in specs[:3]] == [f"final/{a}_s0" for a in PRIMARY_ARMS]
+    assert [s.arm for s in specs] == list(PRIMARY_ARMS) * 3 + list(SECONDARY_ARMS)
+    by = {s.name: set(s.sets) for s in specs}
+    assert "train.sampling=mixed" in by["final/nexus-mixed_s1"]
+    assert "train.sampling=mixed" not in by["final/nexus_s1"]
+    assert {"optim.name=random-control", "optim.inner_lr=0.3"} <= by["final/random_s0"]
+    assert "optim.inner_lr_follows_lr=true" in by["final/nexus-follow_s0"]
+    assert all(f"train.seed={s.seed}" in s.sets and "optim.lr=0.003" in s.sets for s in specs)
+    assert len(st.final_runs({"lr": 3e-3, "gamma": 0.3}, n_final=1, n_secondary=0)) == 3
+    with pytest.raises(ValueError, match="arm: 'fish' is not one of"):
+        arm_overrides("fish", 1e-3, 0.1)
+
+
+def test_declare_refuses_a_changed_design(tmp_path):
+    Study(tmp_path, tmp_path / "summ", design=StudyDesign(**SMALL)).declare()
+    Study(tmp_path, tmp_path / "summ", design=StudyDesign(**SMALL)).declare()  # same: fine
+    with pytest.raises(ValueError, match="declares a different design .*gamma_tolerance"):
+        Study(tmp_path, tmp_path / "summ", design=StudyDesign(**SMALL, gamma_tolerance=0.1)).declare()
+
+
+def _pilot_summaries(root, st, ood_offsets):
+    finals = {1e-3: 3.10, 3e-3: 3.00}
+    for s in st.pilot_lr_runs():
+        lr = dict(s.setting)["lr"]
+        _write_summary(root, s.name, _curve(finals[lr], ood_offset=ood_offsets.get(("lr", lr), 1.0)), s.info())
+    gfinal = {0.1: 3.01, 0.3: 3.02, 1.0: 3.2}
+    for s in st.pilot_gamma_runs(3e-3):
+        g = dict(s.setting)["gamma"]
+        _write_summary(root, s.name, _curve(gfinal[g], ood_offset=ood_offsets.get(("g", g), 1.0)), s.info())
+
+
+@pytest.mark.parametrize("ood_offsets", [{}, {("g", 0.1): -5.0, ("g", 1.0): -9.0, ("lr", 1e-3): -3.0}])
+def test_pilot_selection_reads_val_id_only(tmp_path, ood_offsets):
+    """Finished pilot summaries are reused (no training); OOD values cannot move the choice."""
+    st = Study(tmp_path / "runs", tmp_path / "summ", design=StudyDesign(**SMALL))
+    st.declare()
+    _pilot_summaries(tmp_path / "summ", st, ood_offsets)
+    sel = st.pilot()
+    assert (sel["lr"], sel["gamma"]) == (3e-3, 0.3)
+    # levels: the pilot AdamW(lr*) val/id at 75% and 90% of training
+    assert sel["levels"] == pytest.approx([3.0 + 1 - 0.75, 3.0 + 1 - 0.9])
+    assert json.loads((tmp_path / "summ" / "selection.json").read_text())["gamma"] == 0.3
+    assert not (tmp_path / "runs").exists()  # nothing was trained

@@ -212,7 +212,7 @@ class Study:
 
     # --------------------------------------------------------------------- the tiers
     def run(self, tier: str = "final", n_final: int | None = None, n_secondary: int | None = None,
-            report_out: str | Path | None = None) -> dict:
+            report_out: str | Path | None = None, report_md: str | Path | None = None) -> dict:
         if tier not in ("pilot", "final", "report"):
             raise ValueError(f"study --tier: {tier!r} is not one of 'pilot', 'final', 'report'")
         t0 = time.time()
@@ -228,11 +228,11 @@ class Study:
                           f"{', '.join(s.name for s in left)}; rerun the same command to continue", flush=True)
         from nexus_optim.report.study import study_report
 
-        report = study_report(self.summaries, report_out or self.summaries.parent)
+        report = study_report(self.summaries, report_out or self.summaries.parent, report_md)
         print(f"[study] {tier} in {time.time() - t0:.0f}s; report: {report['paths']['markdown']}", flush=True)
         return report
 
 
 def run_study(out: str | Path = "runs/study", tier: str = "final", **kwargs) -> dict:
-    run_kw = {k: kwargs.pop(k) for k in ("n_final", "n_secondary", "report_out") if k in kwargs}
+    run_kw = {k: kwargs.pop(k) for k in ("n_final", "n_secondary", "report_out", "report_md") if k in kwargs}
     return Study(out, **kwargs).run(tier, **run_kw)

@@ -1,0 +1,277 @@
+"""The study report, from the per-run summaries alone (``experiments/study.py`` writes them):
+
+    endpoint     a run's val/ood where its val/id curve first crosses each of the two declared
+                 levels (``selection.json`` ``levels``; linear in tokens between evaluations,
+                 ``report/tables.crossing``), averaged over the two; missing when a level is
+                 never reached (the run is then left out of every test that needs it, and
+                 counted)
+    primary      the declared family (``design.json`` ``family``): paired t-test over the seeds
+                 both arms have, 95% CI, Holm over the family; minimum detectable difference at
+                 80% power from the observed sd of the per-seed differences, next to the paper's
+                 0.012
+    exploratory  every other comparison (secondary arms, each level alone, full validation
+                 sets at the end, per-source OOD, closeness, gradient similarity): paired tests,
+                 no correction, labelled exploratory
+    regression   the referee's test: across all runs with a closeness record and an endpoint
+                 (pilot + final, every arm), endpoint ~ slope * closeness + arm fixed effects
+                 (OLS, one intercept per arm); slope, 95% CI, p; for each closeness measure
+    standing     unigram / bigram reference lines (``eval/ngram.py``), cached in
+                 ``summaries/ngram.json`` so the report regenerates without the data
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from nexus_optim.report.paired import min_detectable_difference, paired_family, paired_test
+from nexus_optim.report.runs import Run, is_num, load_run
+from nexus_optim.report.tables import crossing
+from nexus_optim.runtime import write_json, write_text
+
+CLOSENESS_KEYS = ("cross_loss_gap", "displacement_cos", "distance_over_path", "pair_barrier")
+PRIMARY_CLOSENESS = "cross_loss_gap"
+
+
+@dataclass
+class StudyRun:
+    name: str
+    phase: str
+    arm: str
+    seed: int
+    setting: dict
+    run: Run
+    final: dict  # full validation sets at the end ({"val/<source>", "val/id", "val/ood"})
+    closeness: dict  # CLOSENESS_KEYS -> number (those available)
+    endpoint: dict  # {"ood": [per level], "fraction": [per level], "value": mean | None}
+
+
+def _final_losses(path: Path) -> dict:
+    f = path / "final_eval.json"
+    if not f.exists():
+        return {}
+    losses = json.loads(f.read_text()).get("losses", {})
+    summ = losses.get("summary", losses)
+    return {k: v for k, v in summ.items() if k.startswith("val/") and is_num(v)}
+
+
+def _offdiag_mean(m: list[list[float]]) -> float | None:
+    vals = [x for i, row in enumerate(m) for j, x in enumerate(row) if i != j and is_num(x)]
+    return float(np.mean(vals)) if vals else None
+
+
+def closeness_numbers(geo: dict | None) -> dict:
+    """The closeness measures of a fixed-protocol closeness record (missing keys skipped)."""
+    c = (geo or {}).get("closeness") or {}
+    out = {"cross_loss_gap": c.get("cross_loss_gap"),
+           "displacement_cos": _offdiag_mean(c.get("displacement_cos") or []),
+           "distance_over_path": c.get("mean_distance_over_path"),
+           "pair_barrier": (c.get("pair_barrier") or {}).get("mean_barrier")}
+    return {k: float(v) for k, v in out.items() if is_num(v)}
+
+
+def endpoint(curve: list[dict], levels: list[float], steps: int) -> dict:
+    """OOD at the crossing of each in-distribution level; ``value`` their mean (None if a
+    level is never reached)."""
+    ood, frac = [], []
+    for level in levels:
+        hit = crossing(curve, "val/id", level)
+        ood.append(hit.get("val/ood") if hit else None)
+        frac.append(hit["step"] / steps if hit and is_num(hit.get("step")) else None)
+    ok = all(is_num(x) for x in ood)
+    return {"ood": ood, "fraction": frac, "value": float(np.mean(ood)) if ok else None}
+
+
+def load_summaries(root: str | Path, levels: list[float], steps: int) -> list[StudyRun]:
+    out = []
+    for info_path in sorted(Path(root).glob("*/*/run.json")):
+        d = info_path.parent
+        info = json.loads(info_path.read_text())
+        run = load_run(d)
+        out.append(StudyRun(info["name"], info["phase"], info["arm"], int(info["seed"]),
+                            info.get("setting", {}), run, _final_losses(d),
+                            closeness_numbers(run.geometry), endpoint(run.curve, levels, steps)))
+    return out
+
+
+# ------------------------------------------------------------------------ comparisons
+def by_seed(runs: list[StudyRun], arm: str, value) -> dict[int, float]:
+    """seed -> value(run) for the final runs of ``arm`` (runs without a value left out)."""
+    out = {}
+    for r in runs:
+        if r.phase == "final" and r.arm == arm:
+            v = value(r)
+            if is_num(v):
+                out[r.seed] = float(v)
+    return out
+
+
+def _with_power(res: dict, design: dict) -> dict:
+    n, sd = res["n"], res["sd"]
+    mde = (min_detectable_difference(sd, n, 1 - design["confidence"], design["power"])
+           if n >= 2 and sd > 0 else None)
+    return {**res, "mde": mde, "paper_effect": design["paper_ood_effect"]}
+
+
+def primary(runs: list[StudyRun], design: dict) -> dict:
+    """The declared family on the endpoint (Holm), with MDE; a comparison with < 2 paired
+    seeds is reported as not testable."""
+    pairs, counts = {}, {}
+    for name in design["family"]:
+        a, b = (s.strip() for s in name.split(" - "))
+        xa, xb = (by_seed(runs, arm, lambda r: r.endpoint["value"]) for arm in (a, b))
+        common = sorted(set(xa) & set(xb))
+        counts[name] = {"seeds": common, "missing_endpoint": _missing(runs, (a, b))}
+        if len(common) >= 2:
+            pairs[name] = ({s: xa[s] for s in common}, {s: xb[s] for s in common})
+    fam = paired_family(pairs, design["confidence"]) if pairs else {}
+    return {name: ({**_with_power(fam[name], design), **counts[name]} if name in fam
+                   else {"n": len(counts[name]["seeds"]), "note": "fewer than 2 paired seeds", **counts[name]})
+            for name in design["family"]}
+
+
+def _missing(runs: list[StudyRun], arms) -> list[str]:
+    return [r.name for r in runs if r.phase == "final" and r.arm in arms and r.endpoint["value"] is None]
+
+
+def _paired(runs, a, b, value, design) -> dict | None:
+    xa, xb = by_seed(runs, a, value), by_seed(runs, b, value)
+    common = sorted(set(xa) & set(xb))
+    if len(common) < 2:
+        return None
+    res = paired_test({s: xa[s] for s in common}, {s: xb[s] for s in common}, design["confidence"])
+    return _with_power({**res.to_dict(), "seeds": common}, design)
+
+
+def exploratory(runs: list[StudyRun], design: dict, arms: list[str]) -> dict:
+    """Uncorrected paired comparisons of every other arm against AdamW (and Nexus against the
+    controls) on the endpoint, each level alone, the full-validation losses at the end and
+    the closeness measures."""
+    metrics = {"endpoint": lambda r: r.endpoint["value"],
+               "ood at level 1": lambda r: r.endpoint["ood"][0],
+               "ood at level 2": lambda r: r.endpoint["ood"][1]}
+    finals = sorted({k for r in runs for k in r.final})
+    metrics.update({f"end {k} (full val)": (lambda r, k=k: r.final.get(k)) for k in finals})
+    metrics.update({f"closeness {k}": (lambda r, k=k: r.closeness.get(k)) for k in CLOSENESS_KEYS})
+    metrics["end geom/grad_sim"] = lambda r: (r.run.curve[-1].get("geom/grad_sim") if r.run.curve else None)
+    family = set(design["family"])
+    comps = [(a, "adamw") for a in arms if a != "adamw"] + [("nexus", a) for a in arms if a not in ("adamw", "nexus")]
+    out = {}
+    for a, b in comps:
+        name = f"{a} - {b}"
+        for m, fn in metrics.items():
+            if m == "endpoint" and name in family:
+                continue
+            res = _paired(runs, a, b, fn, design)
+            if res is not None:
+                out.setdefault(name, {})[m] = res
+    return out
+
+
+# ------------------------------------------------------------------------ regression
+def fixed_effects_slope(x: list[float], y: list[float], groups: list[str], confidence: float = 0.95) -> dict:
+    """OLS of y on x with one intercept per group; the slope of x with its CI and p."""
+    labels = sorted(set(groups))
+    X = np.column_stack([np.asarray(x, float)] + [[1.0 if g == lab else 0.0 for g in groups] for lab in labels])
+    Y = np.asarray(y, float)
+    n, p = X.shape
+    if n <= p or np.linalg.matrix_rank(X) < p:
+        return {"n": n, "groups": labels, "note": "too few runs (or no spread in x within arms) for the fit"}
+    beta, *_ = np.linalg.lstsq(X, Y, rcond=None)
+    resid = Y - X @ beta
+    df = n - p
+    s2 = float(resid @ resid) / df
+    se = math.sqrt(s2 * np.linalg.inv(X.T @ X)[0, 0])
+    t = float(beta[0] / se) if se > 0 else math.inf
+    half = float(stats.t.ppf(0.5 + confidence / 2, df)) * se
+    sx = float(np.std(x, ddof=1)) if n > 1 else float("nan")
+    return {"slope": float(beta[0]), "se": se, "ci_low": float(beta[0] - half), "ci_high": float(beta[0] + half),
+            "t": t, "p": float(2 * stats.t.sf(abs(t), df)), "n": n, "df": df, "groups": labels,
+            "slope_per_sd": float(beta[0] * sx), "intercepts": dict(zip(labels, map(float, beta[1:])))}
+
+
+def regression(runs: list[StudyRun], confidence: float = 0.95) -> dict:
+    out = {}
+    for key in CLOSENESS_KEYS:
+        rows = [(r.closeness[key], r.endpoint["value"], r.arm, r.name) for r in runs
+                if key in r.closeness and is_num(r.endpoint["value"])]
+        if not rows:
+            continue
+        x, y, g, names = (list(t) for t in zip(*rows))
+        out[key] = {**fixed_effects_slope(x, y, g, confidence), "primary": key == PRIMARY_CLOSENESS,
+                    "points": [{"run": nm, "arm": a, "x": xv, "y": yv} for xv, yv, a, nm in rows]}
+    return out
+
+
+# ---------------------------------------------------------------------------- report
+def _ngram(root: Path, runs: list[StudyRun]) -> dict:
+    """Unigram / bigram lines on the full validation sets (like ``final_eval.json``), cached in
+    ``summaries/ngram.json`` (computed once from the run's recorded prepared data)."""
+    cache = root / "ngram.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    if not runs:
+        return {"available": False, "lines": {}, "note": "no runs"}
+    from nexus_optim.eval.ngram import ngram_reference
+    from nexus_optim.train.artifacts import recorded_data
+
+    run = runs[0].run
+    try:
+        ref = ngram_reference(recorded_data(run.path), int(run.cfg["model"]["seq_len"]), None)
+    except (ValueError, OSError, KeyError, TypeError) as e:
+        return {"available": False, "lines": {}, "note": f"n-gram lines skipped: {' '.join(str(e).split())[:300]}"}
+    lines = {o: {f"val/{k[len(f'ngram/{o}/val/'):]}": v for k, v in ref.items() if k.startswith(f"ngram/{o}/val/")}
+             for o in ("unigram", "bigram")}
+    ng = {"available": True, "lines": lines, "discount": ref.get("ngram/discount"), "max_tokens": None,
+          "from": run.path.name}
+    write_json(cache, ng, indent=2)
+    return ng
+
+
+def arm_table(runs: list[StudyRun], arms: list[str]) -> dict:
+    """Per arm (final runs): mean and sd of the endpoint, end val/id, val/ood and closeness."""
+    vals = {"endpoint": lambda r: r.endpoint["value"], "end val/id": lambda r: r.final.get("val/id"),
+            "end val/ood": lambda r: r.final.get("val/ood"),
+            **{f"closeness {k}": (lambda r, k=k: r.closeness.get(k)) for k in CLOSENESS_KEYS}}
+    out = {}
+    for arm in arms:
+        out[arm] = {}
+        for m, fn in vals.items():
+            xs = [float(fn(r)) for r in runs if r.phase == "final" and r.arm == arm and is_num(fn(r))]
+            out[arm][m] = {"n": len(xs), "mean": float(np.mean(xs)) if xs else None,
+                           "sd": float(np.std(xs, ddof=1)) if len(xs) > 1 else None}
+    return out
+
+
+def study_report(summaries: str | Path, out: str | Path, markdown: str | Path | None = None) -> dict:
+    """report.json, plots and the markdown report of a study's summaries."""
+    from nexus_optim.report.study_plots import study_plots
+    from nexus_optim.report.study_render import render_study
+
+    root, out = Path(summaries), Path(out)
+    design = json.loads((root / "design.json").read_text())
+    sel_path = root / "selection.json"
+    sel = json.loads(sel_path.read_text()) if sel_path.exists() else None
+    levels = sel["levels"] if sel else []
+    runs = load_summaries(root, levels, design["steps"])
+    arms = [a for a in design["primary_arms"] + design["secondary_arms"]
+            if any(r.arm == a and r.phase == "final" for r in runs)]
+    report = {"design": design, "selection": sel, "arms": arms,
+              "runs": [{"name": r.name, "arm": r.arm, "seed": r.seed, "phase": r.phase,
+                        "endpoint": r.endpoint, "final": r.final, "closeness": r.closeness} for r in runs],
+              "ngram": _ngram(root, runs)}
+    if sel:
+        report.update(primary=primary(runs, design), exploratory=exploratory(runs, design, arms),
+                      regression=regression(runs, design["confidence"]), per_arm=arm_table(runs, arms))
+    out.mkdir(parents=True, exist_ok=True)
+    report["plots"] = study_plots(runs, report, out) if sel else []
+    md = Path(markdown) if markdown else out / "report.md"
+    report["paths"] = {"json": str(out / "report.json"), "markdown": str(md)}
+    write_json(out / "report.json", report, indent=1, default=str)
+    write_text(md, render_study(report, out, md))
+    return report

@@ -1,0 +1,150 @@
+"""Markdown of the study report (``report/study.py`` builds the dict)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from nexus_optim.report.stats import fmt
+
+REGENERATE = ("nexus study --tier report --summaries docs/results/cpu-study/runs "
+              "--report-out docs/results/cpu-study --report-md docs/results/cpu-study.md")
+RUN = ("nexus study --tier final --out runs/study --summaries docs/results/cpu-study/runs "
+       "--report-out docs/results/cpu-study --report-md docs/results/cpu-study.md")
+
+
+def _ci(r: dict, d: int = 4) -> str:
+    return f"{r['diff']:+.{d}f} [{r['ci_low']:+.{d}f}, {r['ci_high']:+.{d}f}]"
+
+
+def verdict_lines(report: dict) -> list[str]:
+    out = []
+    paper = report["design"]["paper_ood_effect"]
+    for name, r in (report.get("primary") or {}).items():
+        if "diff" not in r:
+            out.append(f"- **{name}**: not testable yet ({r['n']} paired seed(s)).")
+            continue
+        mde = f"{r['mde']:.4f}" if r.get("mde") is not None else "n/a"
+        if r["p_holm"] < 0.05:
+            word = "lower (better)" if r["diff"] < 0 else "higher (worse)"
+            out.append(f"- **{name}**: OOD at matched ID is {word} for the first arm: {_ci(r)} nats, "
+                       f"Holm p = {r['p_holm']:.3g}, n = {r['n']} seeds.")
+        else:
+            reach = "smaller than" if r.get("mde") is not None and r["mde"] <= paper else "larger than"
+            out.append(f"- **{name}**: no detectable difference: {_ci(r)} nats, Holm p = {r['p_holm']:.3g}, "
+                       f"n = {r['n']} seeds; the minimum detectable difference at 80% power is {mde} nats, "
+                       f"{reach} the paper's {paper:g}.")
+    reg = (report.get("regression") or {}).get("cross_loss_gap")
+    if reg and "slope" in reg:
+        sig = "predicts" if reg["p"] < 0.05 else "does not detectably predict"
+        out.append(f"- **Closeness -> OOD** (all runs, arm fixed effects): a run's cross-loss gap {sig} its "
+                   f"endpoint OOD: slope {reg['slope']:+.3g} [{reg['ci_low']:+.3g}, {reg['ci_high']:+.3g}] "
+                   f"nats per nat, p = {reg['p']:.3g}, n = {reg['n']} runs.")
+    return out
+
+
+def _design_lines(report: dict) -> list[str]:
+    d, sel = report["design"], report["selection"] or {}
+    lines = ["## Design (declared before the final runs: `design.json` beside the run summaries)", "",
+             f"- Model: `{d['preset']}` with {d['model_overrides']}, vocabulary {d['vocab_size']}, "
+             f"seq_len {d['seq_len']}; {d['steps']} outer steps x K = {d['inner_steps']} x "
+             f"{d['micro_batch_size']} x {d['seq_len']} = "
+             f"{d['steps'] * d['inner_steps'] * d['micro_batch_size'] * d['seq_len']:,} tokens per run; "
+             f"cosine schedule, warmup {d['warmup_steps']}, final lr ratio {d['min_lr_ratio']}.",
+             f"- Evaluation every {d['eval_every']} outer steps ({100 * d['eval_every'] / d['steps']:g}% of "
+             f"training), {d['eval_tokens']:,} tokens per source; full validation sets at the end; "
+             f"gradient cosines ({d['grad_sim_batches']} batches per source) at every evaluation.",
+             f"- Arms: primary {', '.join(d['primary_arms'])} (seeds {list(d['final_seeds'])}); secondary "
+             f"{', '.join(d['secondary_arms'])} (seeds {list(d['secondary_seeds'])}); pilot seeds "
+             f"{list(d['pilot_seeds'])}.",
+             f"- Selection: {d['selection']}",
+             f"- Endpoint: {d['endpoint']}. Family: {', '.join(d['family'])}.",
+             f"- Closeness: every checkpoint fine-tuned per source with AdamW, K = 1, lr "
+             f"{d['closeness_lr']:g} cosine-decayed to {d['closeness_min_lr_ratio']:g}x over "
+             f"{d['closeness_steps']} steps, seed {d['closeness_seed']}, for every arm.", ""]
+    if sel:
+        pv = sel["pilot_val_id"]
+        lines += ["### Selection (pilot, val/id at the end only)", "",
+                  "| setting | val/id |", "|---|---|",
+                  *[f"| AdamW lr {k} | {fmt(v)} |" for k, v in pv["adamw_lr"].items()],
+                  *[f"| Nexus gamma {k} (lr {sel['lr']:g}) | {fmt(v)} |" for k, v in pv["nexus_gamma"].items()],
+                  "", f"Selected: lr* = {sel['lr']:g}, gamma* = {sel['gamma']:g} ({sel['gamma_rule']}); "
+                  f"endpoint levels val/id = {', '.join(f'{x:.4f}' for x in sel['levels'])} "
+                  f"(pilot AdamW at {sel['level_fractions']} of training).", ""]
+    return lines
+
+
+def _standing_lines(report: dict) -> list[str]:
+    ng = (report.get("ngram") or {}).get("lines", {})
+    per = report.get("per_arm") or {}
+    if not ng:
+        return ["## Where the models stand", "", (report.get("ngram") or {}).get("note", "no n-gram lines"), ""]
+    lines = ["## Where the models stand (full validation sets at the end)", "",
+             "| | val/id | val/ood |", "|---|---|---|"]
+    for order in ("unigram", "bigram"):
+        lines.append(f"| {order} (counts, train data) | {fmt(ng[order].get('val/id'))} | {fmt(ng[order].get('val/ood'))} |")
+    for arm, m in per.items():
+        lines.append(f"| {arm} (mean of {m['end val/id']['n']}) | {fmt(m['end val/id']['mean'])} | "
+                     f"{fmt(m['end val/ood']['mean'])} |")
+    return lines + [""]
+
+
+def _primary_lines(report: dict) -> list[str]:
+    lines = ["## Primary endpoint (Holm over the family)", "",
+             "| comparison | n | mean diff [95% CI] | sd of diffs | p | Holm p | MDE (80%) | paper |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in (report.get("primary") or {}).items():
+        if "diff" in r:
+            lines.append(f"| {name} | {r['n']} | {_ci(r)} | {fmt(r['sd'])} | {r['p']:.3g} | {r['p_holm']:.3g} | "
+                         f"{fmt(r['mde'])} | -{r['paper_effect']:g} |")
+        else:
+            lines.append(f"| {name} | {r['n']} | {r['note']} | | | | | |")
+        if r.get("missing_endpoint"):
+            lines.append(f"| (runs that never reached a level: {', '.join(r['missing_endpoint'])}) |||||||")
+    return lines + [""]
+
+
+def _exploratory_lines(report: dict) -> list[str]:
+    lines = ["## Exploratory (paired, uncorrected)", "",
+             "| comparison | metric | n | mean diff [95% CI] | p | MDE |", "|---|---|---|---|---|---|"]
+    for name, metrics in (report.get("exploratory") or {}).items():
+        for m, r in metrics.items():
+            lines.append(f"| {name} | {m} | {r['n']} | {_ci(r)} | {r['p']:.3g} | {fmt(r['mde'])} |")
+    per = report.get("per_arm") or {}
+    if per:
+        keys = [k for k in next(iter(per.values())) if k.startswith("closeness")]
+        lines += ["", "Closeness per arm (fixed protocol; mean over final seeds):", "",
+                  "| arm | " + " | ".join(k.replace("closeness ", "") for k in keys) + " |",
+                  "|---|" + "---|" * len(keys)]
+        for arm, m in per.items():
+            lines.append(f"| {arm} | " + " | ".join(fmt(m[k]["mean"]) for k in keys) + " |")
+    return lines + [""]
+
+
+def _regression_lines(report: dict) -> list[str]:
+    lines = ["## Does closeness predict OOD? (all runs, arm fixed effects)", "",
+             "| closeness measure | n runs | slope [95% CI] | slope per sd | p |", "|---|---|---|---|---|"]
+    for key, r in (report.get("regression") or {}).items():
+        tag = " (primary)" if r.get("primary") else ""
+        if "slope" in r:
+            lines.append(f"| {key}{tag} | {r['n']} | {r['slope']:+.4g} [{r['ci_low']:+.4g}, {r['ci_high']:+.4g}] | "
+                         f"{r['slope_per_sd']:+.4g} | {r['p']:.3g} |")
+        else:
+            lines.append(f"| {key}{tag} | {r['n']} | {r['note']} | | |")
+    return lines + ["", "Endpoint = mean val/ood at the two levels; slope in nats of OOD per unit of the measure.", ""]
+
+
+def render_study(report: dict, out: Path, md_path: Path) -> str:
+    rel = os.path.relpath(out, md_path.parent)
+    n = {a: sum(1 for r in report["runs"] if r["phase"] == "final" and r["arm"] == a) for a in report["arms"]}
+    lines = ["# CPU study: does Nexus generalize better at the same loss?", "",
+             f"Generated from the per-run summaries by `{REGENERATE}`; the runs by `{RUN}` "
+             "(resumable: rerunning continues the design's seeds). Do not edit by hand.", "",
+             "## Verdict", "", *verdict_lines(report), "",
+             f"Final runs per arm: {', '.join(f'{a} {k}' for a, k in n.items())}; pilot runs: "
+             f"{sum(1 for r in report['runs'] if r['phase'] == 'pilot')}.", "",
+             *_design_lines(report), *_standing_lines(report)]
+    if report.get("selection"):
+        lines += [*_primary_lines(report), *_exploratory_lines(report), *_regression_lines(report)]
+    lines += ["## Plots", "", *[f"![{p}]({Path(rel) / p})" for p in report.get("plots", [])], ""]
+    return "\n".join(lines)

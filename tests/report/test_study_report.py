@@ -1,0 +1,127 @@
+"""The study report (report/study.py) on summaries written by the test: the endpoint is read at
+the declared levels, the family is a paired t-test with Holm, the regression slope with arm
+fixed effects matches the within-arm (Frisch-Waugh) formula, and the report regenerates."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import yaml
+from scipy import stats
+
+from nexus_optim.experiments.design import StudyDesign
+from nexus_optim.report.paired import holm, min_detectable_difference
+from nexus_optim.report.study import endpoint, fixed_effects_slope, study_report
+
+STEPS = 10
+LEVELS = [3.5, 3.2]
+
+
+def _curve(shift_ood: float, speed: float = 1.0):
+    """val/id from 4.0 down by 0.1*speed per step; val/ood = val/id + 1 + shift_ood."""
+    return [{"step": s, "tokens": 10 * s, "val/id": 4.0 - 0.1 * speed * s,
+             "val/ood": 5.0 - 0.1 * speed * s + shift_ood, "geom/grad_sim": 0.01 * s} for s in range(1, STEPS + 1)]
+
+
+def test_endpoint_reads_ood_where_val_id_crosses_each_level():
+    e = endpoint(_curve(0.25), LEVELS, STEPS)
+    assert e["ood"] == pytest.approx([4.75, 4.45]) and e["value"] == pytest.approx(4.6)
+    assert e["fraction"] == pytest.approx([0.5, 0.8])
+    slow = endpoint(_curve(0.0, speed=0.5), LEVELS, STEPS)  # reaches 3.5 only, never 3.2
+    assert slow["ood"][1] is None and slow["value"] is None
+
+
+def _write(root, name, arm, seed, phase, shift, gap=None):
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text(yaml.safe_dump({"train": {"seed": seed}, "model": {"seq_len": 8}}))
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _curve(shift)))
+    (d / "run.json").write_text(json.dumps({"name": name, "phase": phase, "arm": arm, "seed": seed, "setting": {}}))
+    (d / "final_eval.json").write_text(json.dumps({"losses": {"summary": {"val/id": 3.0 + shift, "val/ood": 4.0 + shift}}}))
+    if gap is not None:
+        (d / "geometry.json").write_text(json.dumps({"closeness": {
+            "cross_loss_gap": gap, "displacement_cos": [[1.0, 0.2 + gap], [0.2 + gap, 1.0]],
+            "mean_distance_over_path": 0.5, "pair_barrier": {"mean_barrier": 0.01 * gap}}}))
+
+
+def _study(tmp_path, n_seeds=5):
+    root = tmp_path / "summ"
+    d = {**StudyDesign().to_dict(), "steps": STEPS}
+    root.mkdir()
+    (root / "design.json").write_text(json.dumps(d))
+    (root / "selection.json").write_text(json.dumps({
+        "lr": 1e-3, "gamma": 0.3, "gamma_rule": "test", "levels": LEVELS, "level_fractions": [0.75, 0.9],
+        "pilot_val_id": {"adamw_lr": {"0.001": 3.0}, "nexus_gamma": {"0.3": 3.0}}}))
+    (root / "ngram.json").write_text(json.dumps({"available": True, "lines": {
+        "unigram": {"val/id": 5.0, "val/ood": 5.5}, "bigram": {"val/id": 3.5, "val/ood": 4.6}}}))
+    rng = np.random.default_rng(0)
+    shifts = {}
+    for s in range(n_seeds):
+        base = rng.normal(0, 0.05)  # the seed effect every arm shares: the reason to pair
+        for arm, eff in (("adamw", 0.0), ("nexus", -0.02), ("nexus-mixed", 0.0)):
+            shifts[(arm, s)] = base + eff + rng.normal(0, 0.005)
+            _write(root, f"final/{arm}_s{s}", arm, s, "final", shifts[(arm, s)], gap=0.1 + s * 0.01 + eff)
+    for s in range(2):
+        _write(root, f"final/random_s{s}", "random", s, "final", rng.normal(0, 0.05))
+    _write(root, "pilot/adamw_lr0.001_s1000", "adamw", 1000, "pilot", 0.03, gap=0.2)
+    return root, shifts
+
+
+def test_primary_family_is_paired_with_holm_and_power(tmp_path):
+    root, shifts = _study(tmp_path)
+    rep = study_report(root, tmp_path / "out")
+    fam = rep["primary"]
+    # the endpoint is val/ood at each crossing (= level + 1 + shift), averaged over the levels
+    for name, (a, b) in {"nexus - adamw": ("nexus", "adamw"), "nexus - nexus-mixed": ("nexus", "nexus-mixed")}.items():
+        xa = [np.mean([lv + 1 + shifts[(a, s)] for lv in LEVELS]) for s in range(5)]
+        xb = [np.mean([lv + 1 + shifts[(b, s)] for lv in LEVELS]) for s in range(5)]
+        ref = stats.ttest_rel(xa, xb)
+        assert fam[name]["diff"] == pytest.approx(np.mean(np.subtract(xa, xb)), abs=1e-12)
+        assert fam[name]["p"] == pytest.approx(ref.pvalue, rel=1e-9)
+        sd = np.std(np.subtract(xa, xb), ddof=1)
+        assert fam[name]["mde"] == pytest.approx(min_detectable_difference(sd, 5), rel=1e-9)
+    adj = holm({k: v["p"] for k, v in fam.items()})
+    assert all(fam[k]["p_holm"] == pytest.approx(adj[k]) for k in fam)
+    assert fam["nexus - adamw"]["p_holm"] < 0.05 and fam["nexus - adamw"]["diff"] < 0
+    # secondary arms are exploratory, never in the family
+    assert "random - adamw" in rep["exploratory"] and "random - adamw" not in fam
+
+
+def test_report_regenerates_identically_and_says_the_verdict(tmp_path):
+    root, _ = _study(tmp_path)
+    a = study_report(root, tmp_path / "o1", tmp_path / "o1.md")
+    b = study_report(root, tmp_path / "o2", tmp_path / "o2.md")
+    strip = lambda r: json.dumps({k: v for k, v in r.items() if k not in ("paths",)}, sort_keys=True, default=str)  # noqa: E731
+    assert strip(a) == strip(b)
+    md = (tmp_path / "o1.md").read_text()
+    assert "**nexus - adamw**: OOD at matched ID is lower (better)" in md
+    assert "| bigram (counts, train data) | 3.5000 | 4.6000 |" in md
+    assert {"ood_vs_id.png", "paired_diffs.png", "closeness_vs_ood.png", "grad_sim.png"} <= set(a["plots"])
+    assert (tmp_path / "o1" / "paired_diffs.png").stat().st_size > 0
+    # the regression uses every run with closeness and an endpoint: 15 final + 1 pilot
+    assert a["regression"]["cross_loss_gap"]["n"] == 16
+
+
+def test_fixed_effects_slope_matches_the_within_arm_formula():
+    rng = np.random.default_rng(1)
+    groups = ["a"] * 7 + ["b"] * 6 + ["c"] * 5
+    x = rng.normal(size=18)
+    y = 0.7 * x + np.array([{"a": 0.0, "b": 1.0, "c": -2.0}[g] for g in groups]) + rng.normal(0, 0.3, 18)
+    r = fixed_effects_slope(list(x), list(y), groups)
+    xd = x.copy()
+    yd = y.copy()
+    for g in set(groups):
+        m = np.array(groups) == g
+        xd[m] -= x[m].mean()
+        yd[m] -= y[m].mean()
+    slope = (xd @ yd) / (xd @ xd)
+    rss = float(((yd - slope * xd) ** 2).sum())
+    df = 18 - 3 - 1
+    se = math.sqrt(rss / df / (xd @ xd))
+    assert r["slope"] == pytest.approx(slope, rel=1e-10) and r["se"] == pytest.approx(se, rel=1e-10)
+    assert r["p"] == pytest.approx(2 * stats.t.sf(abs(slope / se), df), rel=1e-8)
+    assert r["ci_low"] == pytest.approx(slope - stats.t.ppf(0.975, df) * se, rel=1e-10)
+    assert "note" in fixed_effects_slope([1.0, 2.0], [1.0, 2.0], ["a", "b"])  # one run per arm: no fit
