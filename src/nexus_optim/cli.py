@@ -64,7 +64,9 @@ def cmd_demo(args) -> int:
 def cmd_study(args) -> int:
     from nexus_optim.experiments.study import run_study
 
-    run_study(args.out, tier=args.tier, summaries=args.summaries, workers=args.workers,
+    from nexus_optim.experiments.design import DESIGNS
+
+    run_study(args.out, tier=args.tier, design=DESIGNS[args.design], summaries=args.summaries, workers=args.workers,
               max_minutes=args.max_minutes, n_final=args.final_seeds,
               n_secondary=args.secondary_seeds, report_out=args.report_out,
               report_md=args.report_md)
@@ -228,6 +230,10 @@ def _add_demo(sub) -> None:
 def _add_study(sub) -> None:
     st = sub.add_parser("study", help="the pre-declared AdamW vs Nexus study (experiments/design.py)")
     st.add_argument("--tier", default="final", choices=["pilot", "final", "report"])
+    from nexus_optim.experiments.design import DESIGNS
+
+    st.add_argument("--design", default="cpu", choices=sorted(DESIGNS),
+                    help="the pre-declared design (experiments/design.py DESIGNS)")
     st.add_argument("--out", default="runs/study", help="run directories (checkpoints; not committed)")
     st.add_argument("--summaries", default=None,
                     help="per-run summaries + design.json + selection.json (default OUT/summaries)")

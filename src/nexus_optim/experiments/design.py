@@ -71,6 +71,9 @@ class StudyDesign:
     closeness_seed: int = 0
     closeness_points: int = 5
     closeness_eval_tokens: int = 8192
+    # where: single-threaded CPU processes (``workers`` of them) or CUDA
+    device: str = "cpu"
+    threads: int = 1
     # statistics
     confidence: float = 0.95
     power: float = 0.8
@@ -99,7 +102,19 @@ class StudyDesign:
                 f"train.eval_every={self.eval_every}", f"train.eval_tokens={self.eval_tokens}",
                 f"train.grad_sim_batches={self.grad_sim_batches}", f"train.ckpt_every={self.steps // 4}",
                 "train.keep_checkpoints=1", "train.export_hf=false", "train.progress=false",
-                "train.threads=1", "train.device=cpu"]
+                f"train.threads={self.threads}", f"train.device={self.device}"]
+
+
+# name -> design (``nexus study --design``). "gpu-130m": the same protocol at 130m on one GPU
+# (scripts/gpu_study.sh: several runs share the GPU), a smaller pilot grid, 4 seeds per
+# primary arm, no secondary arms: what fits in about 8 minutes of one H200.
+DESIGNS = {
+    "cpu": StudyDesign(),
+    "gpu-130m": StudyDesign(preset="130m", model_overrides={}, vocab_size=4096, seq_len=512, steps=100,
+                            micro_batch_size=16, warmup_steps=5, eval_every=5, final_seeds=(0, 1, 2, 3),
+                            secondary_seeds=(), adamw_lrs=(1e-3, 2e-3), gammas=(0.1, 0.3, 1.0),
+                            device="cuda", threads=2),
+}
 
 
 ENDPOINT = ("mean val/ood at the two in-distribution levels (selection.levels), read where each "
