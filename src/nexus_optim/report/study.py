@@ -33,6 +33,7 @@ from nexus_optim.report.paired import min_detectable_difference, paired_family, 
 from nexus_optim.report.runs import Run, is_num, load_run
 from nexus_optim.report.tables import crossing
 from nexus_optim.runtime import write_json, write_text
+from nexus_optim.train.logging import read_metrics
 
 CLOSENESS_KEYS = ("cross_loss_gap", "displacement_cos", "distance_over_path", "pair_barrier")
 PRIMARY_CLOSENESS = "cross_loss_gap"
@@ -248,6 +249,19 @@ def arm_table(runs: list[StudyRun], arms: list[str]) -> dict:
     return out
 
 
+def _throughput(runs: list[StudyRun]) -> float | None:
+    """Median over runs of each run's median logged training tokens/s."""
+    per = []
+    for r in runs:
+        try:
+            xs = [x["tokens_per_s"] for x in read_metrics(r.run.path) if is_num(x.get("tokens_per_s"))]
+        except (FileNotFoundError, ValueError):
+            continue
+        if xs:
+            per.append(float(np.median(xs)))
+    return float(np.median(per)) if per else None
+
+
 def study_report(summaries: str | Path, out: str | Path, markdown: str | Path | None = None) -> dict:
     """report.json, plots and the markdown report of a study's summaries."""
     from nexus_optim.report.study_plots import study_plots
@@ -264,7 +278,7 @@ def study_report(summaries: str | Path, out: str | Path, markdown: str | Path | 
     report = {"design": design, "selection": sel, "arms": arms,
               "runs": [{"name": r.name, "arm": r.arm, "seed": r.seed, "phase": r.phase,
                         "endpoint": r.endpoint, "final": r.final, "closeness": r.closeness} for r in runs],
-              "ngram": _ngram(root, runs)}
+              "ngram": _ngram(root, runs), "train_tokens_per_s": _throughput(runs)}
     if sel:
         report.update(primary=primary(runs, design), exploratory=exploratory(runs, design, arms),
                       regression=regression(runs, design["confidence"]), per_arm=arm_table(runs, arms))

@@ -86,6 +86,14 @@ def _standing_lines(report: dict) -> list[str]:
     for arm, m in per.items():
         lines.append(f"| {arm} (mean of {m['end val/id']['n']}) | {fmt(m['end val/id']['mean'])} | "
                      f"{fmt(m['end val/ood']['mean'])} |")
+    adamw, big = (per.get("adamw") or {}).get("end val/id", {}).get("mean"), ng.get("bigram", {}).get("val/id")
+    if adamw is not None and big is not None:
+        ok = "meets" if big - adamw >= 0.3 else "misses"
+        lines += ["", f"AdamW ends {big - adamw:.3f} nats below the bigram val/id ({ok} the design's >= 0.3)."]
+    tps = report.get("train_tokens_per_s")
+    if tps:
+        lines.append(f"Training throughput (median over runs of each run's median, one thread per run, "
+                     f"two runs at a time on 2 cores): {tps:,.0f} tokens/s.")
     return lines + [""]
 
 
