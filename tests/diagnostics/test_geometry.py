@@ -14,6 +14,7 @@ from nexus_optim.eval.losses import source_loss
 from nexus_optim.eval.gradsim import grad_sim_metrics, grad_similarity
 from nexus_optim.models.presets import build_model
 from nexus_optim.train.config import from_dict
+from nexus_optim.train.schedules import lr_multiplier
 
 TINY = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
         "num_key_value_heads": 2, "intermediate_size": 32}
@@ -112,7 +113,7 @@ def test_closeness_identical_sources_is_zero(name):
     own = it["loss"]["a"]["a"]  # barrier: the largest excess over the straight line
     assert it["barrier"]["a"] == pytest.approx(max(0.0, own[1] - (own[0] + own[2]) / 2), abs=1e-12)
     # the midpoint is the loss at theta_0 + (theta_a - theta_0) / 2, evaluated independently
-    ft, _ = fine_tune(model, cfg, a, 2, seed=0, name="a")
+    ft = fine_tune(model, cfg, a, 2, seed=0, name="a").model
     probe = tiny_model()
     load_flat(probe, (start + flat_params(ft)) / 2)
     assert own[1] == pytest.approx(source_loss(probe, v, SEQ, 4, 64, torch.device("cpu"), False)[0],
@@ -129,6 +130,145 @@ def test_closeness_different_sources_variance_identity():
     # Theorem 2.2 variance = mean squared distance to the centroid = sum_ab d_ab^2 / (2 S^2)
     assert r["variance"] == pytest.approx((d ** 2).sum() / (2 * 9), rel=1e-6)
     assert r["variance"] == pytest.approx(np.mean(np.square(list(r["centroid_distance"].values()))))
+
+
+# --------------------------------------------------------------------------- fixed protocol
+def _two_sources():
+    data = {"a": tokens(1), "b": tokens(2, period=5)}
+    return data, {**{k: v[:200] for k, v in data.items()}, "o": tokens(9, 200)}
+
+
+def test_closeness_fixed_protocol_ignores_run_optimizer():
+    data, val = _two_sources()
+    runs = {name: closeness(tiny_model(), tiny_cfg(name, inner_steps=k), data, val, steps=3,
+                            lr=5e-3, points=3, protocol="fixed")
+            for name, k in [("adamw", 2), ("nexus", 2), ("fish", 3)]}
+    assert runs["nexus"] == runs["adamw"] == runs["fish"]  # every number, bitwise
+    r = runs["nexus"]
+    assert (r["protocol"], r["optimizer"], r["inner_steps"], r["schedule"]) == ("fixed", "adamw", 1, "cosine")
+    assert (r["lr"], r["min_lr_ratio"], r["steps"]) == (5e-3, 0.1, 3)
+    ends = [flat_params(fine_tune(tiny_model(), tiny_cfg(n), data["a"], 3, lr=5e-3, name="a",
+                                  protocol="fixed").model) for n in ("adamw", "nexus")]
+    assert torch.equal(*ends)
+    run = closeness(tiny_model(), tiny_cfg("nexus"), data, val, steps=3, lr=5e-3, points=3)
+    assert (run["protocol"], run["optimizer"], run["inner_steps"]) == ("run", "nexus", 2)
+    assert run["min_lr_ratio"] is None and run["fine_tune_lr"] == [5e-3] * 3
+    assert run["distance_from_start"] != r["distance_from_start"]
+
+
+def test_closeness_fixed_protocol_lr_decays():
+    data, val = _two_sources()
+    r = closeness(tiny_model(), tiny_cfg("nexus"), data, val, steps=6, lr=1e-2, points=2,
+                  protocol="fixed", min_lr_ratio=0.2)
+    lrs = r["fine_tune_lr"]
+    assert len(lrs) == 6 and lrs[0] == 1e-2
+    assert lrs[-1] == pytest.approx(0.2 * 1e-2, rel=1e-12)
+    assert all(x > y for x, y in zip(lrs, lrs[1:]))
+    assert lrs == pytest.approx([1e-2 * lr_multiplier(t, 5, "cosine", 0, 0.2) for t in range(6)],
+                                rel=1e-12)
+    assert fine_tune(tiny_model(), tiny_cfg(), data["a"], 1, lr=1e-2, protocol="fixed").lrs == [1e-2]
+
+
+@pytest.mark.parametrize("protocol,name", [("fixed", "nexus"), ("run", "nexus"), ("run", "adamw")])
+def test_fine_tune_path_length_recomputed(protocol, name):
+    model, cfg, a = tiny_model(), tiny_cfg(name), tokens(1)
+    theta = [flat_params(model)] + [
+        flat_params(fine_tune(model, cfg, a, n, lr=1e-2, protocol=protocol).model) for n in (1, 2)]
+    two = fine_tune(model, cfg, a, 2, lr=1e-2, protocol=protocol)
+    assert torch.equal(flat_params(two.model), theta[2])
+    expected = sum(float(torch.linalg.vector_norm((theta[i + 1] - theta[i]).double()))
+                   for i in range(2))
+    assert two.path_length == pytest.approx(expected, rel=1e-12)
+    assert two.path_length >= float((theta[2] - theta[0]).double().norm()) > 0
+
+
+def test_closeness_distance_over_path():
+    data, val = _two_sources()
+    r = closeness(tiny_model(), tiny_cfg(), data, val, steps=4, lr=1e-2, points=2, protocol="fixed")
+    for s in data:
+        assert r["path_length"][s] >= r["distance_from_start"][s] * (1 - 1e-12)
+        assert 0 < r["distance_over_path"][s] <= 1 + 1e-12
+        assert r["distance_over_path"][s] == r["distance_from_start"][s] / r["path_length"][s]
+    assert r["mean_distance_over_path"] == pytest.approx(np.mean(list(r["distance_over_path"].values())))
+    one = closeness(tiny_model(), tiny_cfg(), data, val, steps=1, lr=1e-2, points=2, protocol="fixed")
+    assert one["distance_over_path"]["a"] == pytest.approx(1.0, abs=1e-9)  # one step is straight
+
+
+def test_closeness_pair_barrier_matches_independent_line():
+    data = {"a": tokens(1), "b": tokens(2, period=5), "c": tokens(3, period=9)}
+    val = {**{k: v[:200] for k, v in data.items()}, "o": tokens(9, 200)}
+    weights = {"a": 3.0, "b": 1.0, "c": 0.0}  # c: fine-tuned, not in val/id
+    cfg = tiny_cfg()
+    r = closeness(tiny_model(), cfg, data, val, steps=3, lr=2e-2, points=4, protocol="fixed",
+                  weights=weights)
+    pb = r["pair_barrier"]
+    assert pb["alphas"] == pytest.approx([0, 1 / 3, 2 / 3, 1]) and pb["id_weights"] == {"a": 3.0, "b": 1.0}
+    assert list(pb["pairs"]) == ["a|b", "a|c", "b|c"]
+    theta = {s: flat_params(fine_tune(tiny_model(), cfg, data[s], 3, lr=2e-2, name=s,
+                                      protocol="fixed").model) for s in data}
+    probe = tiny_model()
+
+    def id_loss(vec):
+        load_flat(probe, vec)
+        la, lb = (source_loss(probe, val[s], SEQ, 4, 64, torch.device("cpu"), False)[0] for s in "ab")
+        return (3 * la + lb) / 4
+
+    for key, p in pb["pairs"].items():
+        x, y = key.split("|")
+        curve = np.array([id_loss(theta[x] + al * (theta[y] - theta[x])) for al in pb["alphas"]])
+        assert p["loss"] == pytest.approx(curve, rel=1e-6)
+        chord = curve[0] + np.array(pb["alphas"]) * (curve[-1] - curve[0])
+        assert p["barrier"] == pytest.approx(float(np.max(curve - chord)), abs=1e-6)
+        row = r["sources"].index(x)  # the end values are the cross losses, reused
+        assert p["loss"][0] == (3 * r["cross_loss"][row][0] + r["cross_loss"][row][1]) / 4
+    assert pb["mean_barrier"] == pytest.approx(np.mean([p["barrier"] for p in pb["pairs"].values()]))
+    eq = closeness(tiny_model(), cfg, data, val, steps=1, lr=2e-2, points=2, protocol="fixed")
+    assert eq["pair_barrier"]["id_weights"] == {"a": 1.0, "b": 1.0, "c": 1.0}
+    assert all(p["barrier"] == 0.0 for p in eq["pair_barrier"]["pairs"].values())  # no interior
+
+
+def test_pair_barrier_known_answer():
+    """val/id along theta_a = v -> theta_b = -v with known losses: source a's loss is
+    -||theta||^2 (concave), b's 2 ||theta||^2, weights 3:1, so val/id = -||theta||^2 / 4 and
+    the barrier (at alpha = 1/2, theta = 0) is ||v||^2 / 4."""
+    from nexus_optim.diagnostics.barrier import line_barrier, pair_barrier
+
+    model = tiny_model()
+    v = flat_params(model)
+    n = float(v.double().pow(2).sum())
+
+    def losses_at(m, sources=None):
+        sq = float(flat_params(m).double().pow(2).sum())
+        return {s: {"a": -sq, "b": 2 * sq}[s] for s in sources}
+
+    cross = {"a": {"a": -n, "b": 2 * n}, "b": {"a": -n, "b": 2 * n}}
+    r = pair_barrier(model, ["a", "b"], {"a": v, "b": -v}, cross, losses_at, {"a": 3.0, "b": 1.0}, 5)
+    assert r["alphas"] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    expected = [-(1 - 2 * a) ** 2 * n / 4 for a in r["alphas"]]
+    assert r["pairs"]["a|b"]["loss"] == pytest.approx(expected, rel=1e-5)
+    assert r["pairs"]["a|b"]["barrier"] == pytest.approx(n / 4, rel=1e-5)
+    assert r["mean_barrier"] == r["pairs"]["a|b"]["barrier"]
+    assert line_barrier([0.0, 2.0, 1.0], [0.0, 0.5, 1.0]) == 1.5
+    assert line_barrier([1.0, 0.0, 1.0], [0.0, 0.5, 1.0]) == 0.0  # below the chord: no barrier
+
+
+@pytest.mark.parametrize("kwargs,word", [
+    ({"protocol": "fixed"}, "lr"), ({"protocol": "fixed", "lr": -1.0}, "lr"),
+    ({"protocol": "bogus"}, "protocol"), ({"protocol": "fixed", "lr": 1e-2, "min_lr_ratio": 2.0}, "min_lr_ratio"),
+    ({"weights": {"a": 1.0}}, "weights"), ({"weights": {"a": 1.0, "b": -1.0}}, "weights"),
+])
+def test_closeness_bad_arguments_one_line(kwargs, word):
+    data, val = _two_sources()
+    with pytest.raises(ValueError, match=word) as e:
+        closeness(tiny_model(), tiny_cfg(), data, val, steps=1, points=2, **kwargs)
+    assert "\n" not in str(e.value)
+
+
+def test_closeness_from_checkpoint_checks_protocol_before_loading(tmp_path):
+    from nexus_optim.diagnostics.closeness import closeness_from_checkpoint
+
+    with pytest.raises(ValueError, match="lr"):
+        closeness_from_checkpoint(tmp_path / "missing", protocol="fixed")
 
 
 # --------------------------------------------------------------------------- real tiny run
@@ -189,3 +329,17 @@ def test_cli_geometry_writes_geometry_json(grad_sim_run, capsys):
     assert c["eval_sources"] == ["prose", "math", "code"] and c["steps"] == 1
     assert len(c["cross_loss"]) == 2 and len(c["cross_loss"][0]) == 3
     assert c["variance"] > 0
+
+
+def test_cli_geometry_closeness_fixed_protocol(grad_sim_run, tmp_path, capsys):
+    from nexus_optim.cli import main
+
+    out = tmp_path / "geo.json"
+    assert main(["geometry", "closeness", str(grad_sim_run[0]), "--steps", "2", "--points", "3",
+                 "--eval-tokens", "64", "--device", "cpu", "--protocol", "fixed", "--lr", "1e-3",
+                 "--min-lr-ratio", "0.5", "--out", str(out)]) == 0
+    c = json.loads(out.read_text())["closeness"]
+    assert (c["protocol"], c["optimizer"], c["inner_steps"], c["lr"]) == ("fixed", "adamw", 1, 1e-3)
+    assert c["fine_tune_lr"] == pytest.approx([1e-3, 5e-4])
+    assert list(c["pair_barrier"]["pairs"]) == ["prose|math"]
+    assert set(c["path_length"]) == {"prose", "math"}
