@@ -69,7 +69,7 @@ class StudyDesign:
     closeness_lr: float = 1e-3
     closeness_min_lr_ratio: float = 0.1
     closeness_seed: int = 0
-    closeness_points: int = 5
+    closeness_points: int = 3
     closeness_eval_tokens: int = 8192
     # where: single-threaded CPU processes (``workers`` of them) or CUDA
     device: str = "cpu"
