@@ -102,7 +102,20 @@ def test_pilot_selection_reads_val_id_only(tmp_path, ood_offsets):
     _pilot_summaries(tmp_path / "summ", st, ood_offsets)
     sel = st.pilot()
     assert (sel["lr"], sel["gamma"]) == (3e-3, 0.3)
-    # levels: the pilot AdamW(lr*) val/id at 75% and 90% of training
-    assert sel["levels"] == pytest.approx([3.0 + 1 - 0.75, 3.0 + 1 - 0.9])
+    # levels: the pilot AdamW(lr*) val/id at 70% and 80% of training
+    assert sel["levels"] == pytest.approx([3.0 + 1 - 0.7, 3.0 + 1 - 0.8])
     assert json.loads((tmp_path / "summ" / "selection.json").read_text())["gamma"] == 0.3
     assert not (tmp_path / "runs").exists()  # nothing was trained
+
+
+def test_pilot_extends_the_gamma_grid_when_none_is_within_tolerance(tmp_path):
+    st = Study(tmp_path / "runs", tmp_path / "summ", design=StudyDesign(**SMALL, gamma_extension=(0.03, 0.01)))
+    root = tmp_path / "summ"
+    for s in st.pilot_lr_runs():
+        _write_summary(root, s.name, _curve({1e-3: 3.10, 3e-3: 3.00}[dict(s.setting)["lr"]]), s.info())
+    finals = {0.1: 3.10, 0.3: 3.2, 1.0: 3.5, 0.03: 3.025, 0.01: 3.005}
+    for s in st.pilot_gamma_runs(3e-3) + st.pilot_gamma_runs(3e-3, (0.03, 0.01)):
+        _write_summary(root, s.name, _curve(finals[dict(s.setting)["gamma"]]), s.info())
+    sel = st.pilot()
+    assert sel["gamma"] == 0.03 and "grid extended by [0.03, 0.01]" in sel["gamma_rule"]
+    assert "pilot/nexus_g0.01_s1000" in sel["pilot_runs"]

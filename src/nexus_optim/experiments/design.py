@@ -16,9 +16,12 @@ Selection (pilot seeds, disjoint from the final seeds; in-distribution loss only
     lr*     the AdamW lr in ``adamw_lrs`` with the lowest mean val/id at the end of training
     gamma*  the largest gamma in ``gammas`` (Nexus homogeneous at lr*) whose mean val/id at the
             end is within ``gamma_tolerance`` nats of AdamW(lr*) at equal tokens; if none is,
-            the gamma with the lowest val/id (reported as such)
+            the pilot also runs ``gamma_extension`` (smaller gammas) and applies the same rule
+            to all; if still none, the gamma with the lowest val/id (reported as such)
     levels  the two in-distribution levels of the primary endpoint: the pilot AdamW(lr*)
-            run's val/id at ``level_fractions`` of training (interpolated between evals)
+            run's val/id at ``level_fractions`` of training (interpolated between evals);
+            early enough that an arm ending within ``gamma_tolerance`` of AdamW still
+            crosses both before its end
 
 Primary endpoint: a run's mean val/ood over the two levels (OOD read where the run's val/id
 curve crosses each level, linear between evaluations). Family (Holm): Nexus - AdamW and
@@ -63,7 +66,8 @@ class StudyDesign:
     adamw_lrs: tuple = (3e-3, 6e-3, 1.2e-2, 2.4e-2)
     gammas: tuple = (0.1, 0.3, 1.0, 3.0)
     gamma_tolerance: float = 0.03
-    level_fractions: tuple = (0.75, 0.9)
+    gamma_extension: tuple = (0.03, 0.01)  # run only when no gamma in ``gammas`` is within tolerance
+    level_fractions: tuple = (0.7, 0.8)
     # closeness: the same fine-tune for every arm
     closeness_steps: int = 100
     closeness_lr: float = 1e-3
@@ -121,7 +125,8 @@ ENDPOINT = ("mean val/ood at the two in-distribution levels (selection.levels), 
             "run's val/id curve crosses the level; per-seed differences, paired t-test, 95% CI, "
             "Holm over the family")
 SELECTION = ("lr*: lowest mean final val/id over adamw_lrs; gamma*: largest gamma within "
-             "gamma_tolerance of AdamW(lr*) final val/id (else lowest val/id); levels: pilot "
+             "gamma_tolerance of AdamW(lr*) final val/id (none in gammas: gamma_extension is run "
+             "and the same rule applied to all; else lowest val/id); levels: pilot "
              "AdamW(lr*) val/id at level_fractions of training. Pilot seeds only, val/id only.")
 
 

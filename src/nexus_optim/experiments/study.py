@@ -97,9 +97,25 @@ class Study:
         return [self._spec("pilot", "adamw", s, {"lr": lr}, arm_overrides("adamw", lr, 0.0), f"_lr{lr:g}")
                 for s in self.design.pilot_seeds for lr in self.design.adamw_lrs]
 
-    def pilot_gamma_runs(self, lr: float) -> list[RunSpec]:
+    def pilot_gamma_runs(self, lr: float, gammas: tuple | None = None) -> list[RunSpec]:
+        gammas = self.design.gammas if gammas is None else gammas
         return [self._spec("pilot", "nexus", s, {"lr": lr, "gamma": g}, arm_overrides("nexus", lr, g), f"_g{g:g}")
-                for s in self.design.pilot_seeds for g in self.design.gammas]
+                for s in self.design.pilot_seeds for g in gammas]
+
+    def _select_gamma(self, lr: float, adamw_final: float) -> tuple[float, dict, str, list[RunSpec]]:
+        """gamma* over the declared grid, extended by ``gamma_extension`` when none of the
+        grid is within tolerance (design docstring)."""
+        d = self.design
+        runs = self.pilot_gamma_runs(lr)
+        self.execute(runs, post=False)
+        gamma, means, rule = select_gamma(self._curves(runs, "gamma"), adamw_final, d.gamma_tolerance)
+        if min(means.values()) > adamw_final + d.gamma_tolerance and d.gamma_extension:
+            ext = self.pilot_gamma_runs(lr, d.gamma_extension)
+            self.execute(ext, post=False)
+            runs = runs + ext
+            gamma, means, rule = select_gamma(self._curves(runs, "gamma"), adamw_final, d.gamma_tolerance)
+            rule += f" (none of {list(d.gammas)} was within; grid extended by {list(d.gamma_extension)})"
+        return gamma, means, rule, runs
 
     def final_runs(self, sel: dict, n_final: int | None = None, n_secondary: int | None = None) -> list[RunSpec]:
         """Primary arms seed by seed, then the secondary arms seed by seed (the order runs start)."""
@@ -130,14 +146,14 @@ class Study:
         log = run_dir / "post.log"
         if not (run_dir / "final_eval.json").exists():
             _run([*self.cli, "eval", str(run_dir), "--out", str(run_dir / "final_eval.json"),
-                  "--no-progress", "--device", "cpu"], log, self.env)
+                  "--no-progress", "--device", d.device], log, self.env)
         geo = run_dir / "geometry.json"
         if "closeness" not in (json.loads(geo.read_text()) if geo.exists() else {}):
             _run([*self.cli, "geometry", "closeness", str(run_dir), "--protocol", "fixed",
                   "--lr", str(d.closeness_lr), "--min-lr-ratio", str(d.closeness_min_lr_ratio),
                   "--steps", str(d.closeness_steps), "--points", str(d.closeness_points),
                   "--eval-tokens", str(d.closeness_eval_tokens), "--seed", str(d.closeness_seed),
-                  "--device", "cpu"], log, self.env)
+                  "--device", d.device], log, self.env)
         self._summarize(spec)
 
     def _summarize(self, spec: RunSpec) -> None:
@@ -183,6 +199,11 @@ class Study:
             out.setdefault(dict(s.setting)[key], []).append(_curve(self.summaries / s.name))
         return out
 
+    def _pilot_done(self, specs: list[RunSpec]) -> None:
+        """Selection waits for every pilot run; only a failed (diverged) run counts as +inf."""
+        if any(not self.summarized(s, post=False) for s in specs) and self.deadline and time.time() > self.deadline:
+            raise TimeoutError("study: time budget spent during the pilot; rerun to continue")
+
     def pilot(self) -> dict:
         """Run the pilot and write ``selection.json`` (kept once written)."""
         path = self.summaries / "selection.json"
@@ -191,14 +212,12 @@ class Study:
         d = self.design
         lr_runs = self.pilot_lr_runs()
         self.execute(lr_runs, post=False)
+        self._pilot_done(lr_runs)
         lr, lr_means = select_lr(self._curves(lr_runs, "lr"))
-        g_runs = self.pilot_gamma_runs(lr)
-        missing = self.execute(g_runs, post=False)
-        if missing and self.deadline and time.time() > self.deadline:
-            raise TimeoutError("study: time budget spent during the pilot; rerun to continue")
         best = [_curve(self.summaries / s.name) for s in lr_runs if dict(s.setting)["lr"] == lr]
         adamw_final = sum(c[-1]["val/id"] for c in best) / len(best)
-        gamma, g_means, rule = select_gamma(self._curves(g_runs, "gamma"), adamw_final, d.gamma_tolerance)
+        gamma, g_means, rule, g_runs = self._select_gamma(lr, adamw_final)
+        self._pilot_done(g_runs)
         levels = [sum(value_at_fraction(c, f, d.steps) for c in best) / len(best) for f in d.level_fractions]
         sel = {"lr": lr, "gamma": gamma, "gamma_rule": rule, "levels": levels,
                "level_fractions": list(d.level_fractions), "adamw_final_val_id": adamw_final,
@@ -221,7 +240,9 @@ class Study:
             sel = self.pilot()
             if tier == "final":
                 left = self.execute(self.final_runs(sel, n_final, n_secondary))
-                pilot_post = [s for s in self.pilot_lr_runs() + self.pilot_gamma_runs(sel["lr"])]
+                pilot_post = [s for s in self.pilot_lr_runs() + self.pilot_gamma_runs(sel["lr"])
+                              + self.pilot_gamma_runs(sel["lr"], self.design.gamma_extension)
+                              if s.name in sel["pilot_runs"]]
                 left += self.execute(pilot_post)  # closeness of the pilot runs: the regression
                 if left:
                     print(f"[study] {len(left)} run(s) not done (time budget or failure): "
