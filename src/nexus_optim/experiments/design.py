@@ -92,7 +92,8 @@ class StudyDesign:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d.update(primary_arms=list(PRIMARY_ARMS), secondary_arms=list(SECONDARY_ARMS),
-                 family=[f"{a} - {b}" for a, b in FAMILY], endpoint=ENDPOINT, selection=SELECTION)
+                 family=[f"{a} - {b}" for a, b in FAMILY], endpoint=ENDPOINT, selection=SELECTION,
+                 amendments=list(AMENDMENTS))
         return d
 
     def base_overrides(self) -> list[str]:
@@ -120,6 +121,19 @@ DESIGNS = {
                             device="cuda", threads=2),
 }
 
+
+# changes to the declared design, with when and why (none reads an OOD number; all were made
+# before the first final run; git history has each version of design.json)
+AMENDMENTS = (
+    "2026-12-02 00:03 UTC, before any closeness ran: closeness_points 5 -> 3 (midpoint barrier), "
+    "for cost (about 105 -> 51 evaluations per checkpoint)",
+    "2026-12-02 00:25 UTC, after the pilot's val/id, before any final run: no gamma of (0.1, 0.3, 1, 3) "
+    "came within 0.03 nats of AdamW(lr*) (0.1 ended +0.108), so gamma_extension (0.03, 0.01) was added "
+    "(the issue's 'or wider'), under the same rule",
+    "2026-12-02 00:25 UTC, same: level_fractions (0.75, 0.9) -> (0.7, 0.8): AdamW's pilot drops only "
+    "0.027 nats over its last 10%, less than the 0.03 tolerance, so an arm within tolerance could "
+    "never reach the 90% level",
+)
 
 ENDPOINT = ("mean val/ood at the two in-distribution levels (selection.levels), read where each "
             "run's val/id curve crosses the level; per-seed differences, paired t-test, 95% CI, "

@@ -61,7 +61,8 @@ def _design_lines(report: dict) -> list[str]:
              f"- Endpoint: {d['endpoint']}. Family: {', '.join(d['family'])}.",
              f"- Closeness: every checkpoint fine-tuned per source with AdamW, K = 1, lr "
              f"{d['closeness_lr']:g} cosine-decayed to {d['closeness_min_lr_ratio']:g}x over "
-             f"{d['closeness_steps']} steps, seed {d['closeness_seed']}, for every arm.", ""]
+             f"{d['closeness_steps']} steps, seed {d['closeness_seed']}, for every arm.",
+             *[f"- Amendment: {a}" for a in d.get("amendments", [])], ""]
     if sel:
         pv = sel["pilot_val_id"]
         lines += ["### Selection (pilot, val/id at the end only)", "",
