@@ -127,10 +127,10 @@ DESIGNS = {
 AMENDMENTS = (
     "2026-12-02 00:03 UTC, before any closeness ran: closeness_points 5 -> 3 (midpoint barrier), "
     "for cost (about 105 -> 51 evaluations per checkpoint)",
-    "2026-12-02 00:25 UTC, after the pilot's val/id, before any final run: no gamma of (0.1, 0.3, 1, 3) "
+    "2026-12-02 00:20 UTC, after the pilot's val/id, before any final run: no gamma of (0.1, 0.3, 1, 3) "
     "came within 0.03 nats of AdamW(lr*) (0.1 ended +0.108), so gamma_extension (0.03, 0.01) was added "
     "(the issue's 'or wider'), under the same rule",
-    "2026-12-02 00:25 UTC, same: level_fractions (0.75, 0.9) -> (0.7, 0.8): AdamW's pilot drops only "
+    "2026-12-02 00:20 UTC, same: level_fractions (0.75, 0.9) -> (0.7, 0.8): AdamW's pilot drops only "
     "0.027 nats over its last 10%, less than the 0.03 tolerance, so an arm within tolerance could "
     "never reach the 90% level",
 )
