@@ -72,6 +72,11 @@ def test_final_runs_are_primary_seed_by_seed_then_secondary_with_the_declared_se
     assert "optim.inner_lr_follows_lr=true" in by["final/nexus-follow_s0"]
     assert all(f"train.seed={s.seed}" in s.sets and "optim.lr=0.003" in s.sets for s in specs)
     assert len(st.final_runs({"lr": 3e-3, "gamma": 0.3}, n_final=1, n_secondary=0)) == 3
+    big = Study(tmp_path / "r2", tmp_path / "s2", design=StudyDesign(**{**SMALL, "final_seeds": tuple(range(6)),
+                                                                         "secondary_seeds": (0, 1, 2)}))
+    order = [(s.arm in PRIMARY_ARMS, s.seed) for s in big.final_runs({"lr": 3e-3, "gamma": 0.3})]
+    assert order == ([(True, s) for s in range(4) for _ in PRIMARY_ARMS] + [(False, s) for s in (0, 1) for _ in SECONDARY_ARMS]
+                     + [(True, s) for s in (4, 5) for _ in PRIMARY_ARMS] + [(False, 2)] * len(SECONDARY_ARMS))
     with pytest.raises(ValueError, match="arm: 'fish' is not one of"):
         arm_overrides("fish", 1e-3, 0.1)
 

@@ -33,6 +33,7 @@ from nexus_optim.experiments.runs import finished
 from nexus_optim.runtime import write_json
 from nexus_optim.train.logging import read_metrics
 
+FIRST_PRIMARY, FIRST_SECONDARY = 4, 2  # final_runs: the order runs start in
 SUMMARY_FILES = ("config.yaml", "metrics.jsonl", "prepared.json", "final_eval.json", "geometry.json")
 
 
@@ -118,13 +119,20 @@ class Study:
         return gamma, means, rule, runs
 
     def final_runs(self, sel: dict, n_final: int | None = None, n_secondary: int | None = None) -> list[RunSpec]:
-        """Primary arms seed by seed, then the secondary arms seed by seed (the order runs start)."""
+        """The order runs start in (results do not depend on it): primary arms on the first
+        ``FIRST_PRIMARY`` seeds, the secondary arms on their first ``FIRST_SECONDARY``, then
+        the remaining primary seeds, then the remaining secondary ones, each seed by seed;
+        so a sitting cut short by its time budget has the family at n >= 4 and the controls
+        at n >= 2 before it adds more seeds."""
         d, lr, g = self.design, sel["lr"], sel["gamma"]
         finals = d.final_seeds[:n_final] if n_final is not None else d.final_seeds
         seconds = d.secondary_seeds[:n_secondary] if n_secondary is not None else d.secondary_seeds
+        p, q = FIRST_PRIMARY, FIRST_SECONDARY
+        blocks = [(PRIMARY_ARMS, finals[:p]), (SECONDARY_ARMS, seconds[:q]),
+                  (PRIMARY_ARMS, finals[p:]), (SECONDARY_ARMS, seconds[q:])]
         setting = {"lr": lr, "gamma": g}
-        return ([self._spec("final", a, s, setting, arm_overrides(a, lr, g)) for s in finals for a in PRIMARY_ARMS]
-                + [self._spec("final", a, s, setting, arm_overrides(a, lr, g)) for s in seconds for a in SECONDARY_ARMS])
+        return [self._spec("final", a, s, setting, arm_overrides(a, lr, g))
+                for arms, seeds in blocks for s in seeds for a in arms]
 
     # --------------------------------------------------------------------- executing
     def _train(self, spec: RunSpec) -> bool:
