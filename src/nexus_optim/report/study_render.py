@@ -93,6 +93,7 @@ def _standing_lines(report: dict) -> list[str]:
         lines += ["", f"AdamW ends {big - adamw:.3f} nats below the bigram val/id ({ok} the design's >= 0.3)."]
     tps = report.get("train_tokens_per_s")
     if tps:
+        lines += [""]
         lines.append(f"Training throughput (median over runs of each run's median, one thread per run, "
                      f"two runs at a time on 2 cores): {tps:,.0f} tokens/s.")
     return lines + [""]
