@@ -14,7 +14,7 @@ from scipy import stats
 
 from nexus_optim.experiments.design import StudyDesign
 from nexus_optim.report.paired import holm, min_detectable_difference
-from nexus_optim.report.study import endpoint, fixed_effects_slope, study_report
+from nexus_optim.report.study import endpoint, fixed_effects_slope, levels_at, study_report
 
 STEPS = 10
 LEVELS = [3.5, 3.2]
@@ -24,6 +24,11 @@ def _curve(shift_ood: float, speed: float = 1.0):
     """val/id from 4.0 down by 0.1*speed per step; val/ood = val/id + 1 + shift_ood."""
     return [{"step": s, "tokens": 10 * s, "val/id": 4.0 - 0.1 * speed * s,
              "val/ood": 5.0 - 0.1 * speed * s + shift_ood, "geom/grad_sim": 0.01 * s} for s in range(1, STEPS + 1)]
+
+
+def test_levels_at_reads_val_id_at_fractions_of_training():
+    assert levels_at(_curve(0.0), [0.75, 0.9]) == pytest.approx([3.25, 3.1])
+    assert levels_at([], [0.5]) is None
 
 
 def test_endpoint_reads_ood_where_val_id_crosses_each_level():
@@ -75,9 +80,12 @@ def test_primary_family_is_paired_with_holm_and_power(tmp_path):
     rep = study_report(root, tmp_path / "out")
     fam = rep["primary"]
     # the endpoint is val/ood at each crossing (= level + 1 + shift), averaged over the levels
+    # final runs: the levels of the same seed's AdamW run at 75% / 90% of its training
+    own = [4.0 - 0.1 * STEPS * f for f in (0.75, 0.9)]
+    assert rep["runs"][0]["endpoint"]["levels"] == pytest.approx(own)
     for name, (a, b) in {"nexus - adamw": ("nexus", "adamw"), "nexus - nexus-mixed": ("nexus", "nexus-mixed")}.items():
-        xa = [np.mean([lv + 1 + shifts[(a, s)] for lv in LEVELS]) for s in range(5)]
-        xb = [np.mean([lv + 1 + shifts[(b, s)] for lv in LEVELS]) for s in range(5)]
+        xa = [np.mean([lv + 1 + shifts[(a, s)] for lv in own]) for s in range(5)]
+        xb = [np.mean([lv + 1 + shifts[(b, s)] for lv in own]) for s in range(5)]
         ref = stats.ttest_rel(xa, xb)
         assert fam[name]["diff"] == pytest.approx(np.mean(np.subtract(xa, xb)), abs=1e-12)
         assert fam[name]["p"] == pytest.approx(ref.pvalue, rel=1e-9)
@@ -86,8 +94,11 @@ def test_primary_family_is_paired_with_holm_and_power(tmp_path):
     adj = holm({k: v["p"] for k, v in fam.items()})
     assert all(fam[k]["p_holm"] == pytest.approx(adj[k]) for k in fam)
     assert fam["nexus - adamw"]["p_holm"] < 0.05 and fam["nexus - adamw"]["diff"] < 0
-    # secondary arms are exploratory, never in the family
+    # secondary arms are exploratory, never in the family; the pilot-level endpoint is reported
     assert "random - adamw" in rep["exploratory"] and "random - adamw" not in fam
+    pilot_levels = rep["exploratory"]["nexus - nexus-mixed"]["endpoint at the pilot levels (as first declared)"]
+    assert pilot_levels["n"] == 5
+    assert [r for r in rep["runs"] if r["phase"] == "pilot"][0]["endpoint"]["levels"] == LEVELS
 
 
 def test_report_regenerates_identically_and_says_the_verdict(tmp_path):

@@ -18,10 +18,11 @@ Selection (pilot seeds, disjoint from the final seeds; in-distribution loss only
             end is within ``gamma_tolerance`` nats of AdamW(lr*) at equal tokens; if none is,
             the pilot also runs ``gamma_extension`` (smaller gammas) and applies the same rule
             to all; if still none, the gamma with the lowest val/id (reported as such)
-    levels  the two in-distribution levels of the primary endpoint: the pilot AdamW(lr*)
-            run's val/id at ``level_fractions`` of training (interpolated between evals);
-            early enough that an arm ending within ``gamma_tolerance`` of AdamW still
-            crosses both before its end
+    levels  the two in-distribution levels of the primary endpoint: for each final seed, that
+            seed's AdamW run's val/id at ``level_fractions`` of training (interpolated between
+            evals; amendment 4); ``selection.json`` records the pilot AdamW(lr*)'s, used for the
+            pilot runs; early enough that an arm ending within ``gamma_tolerance`` of AdamW
+            still crosses both before its end
 
 Primary endpoint: a run's mean val/ood over the two levels (OOD read where the run's val/id
 curve crosses each level, linear between evaluations). Family (Holm): Nexus - AdamW and
@@ -133,15 +134,22 @@ AMENDMENTS = (
     "2026-12-02 00:20 UTC, same: level_fractions (0.75, 0.9) -> (0.7, 0.8): AdamW's pilot drops only "
     "0.027 nats over its last 10%, less than the 0.03 tolerance, so an arm within tolerance could "
     "never reach the 90% level",
+    "2026-12-02 00:38 UTC, after the first final seed finished (its end losses, OOD included, were "
+    "seen): the levels become per seed, the same seed's AdamW run's val/id at level_fractions. "
+    "Reason, in-distribution only: AdamW ends 0.057 nats higher on seed 0 than on the pilot seed, "
+    "so Nexus seed 0 (end val/id 2.997) never reaches the pilot's 80% level (2.989); pilot-seed "
+    "levels cannot be reached across seeds. The endpoint at the pilot levels is still reported "
+    "(exploratory) with the runs that reach it",
 )
 
-ENDPOINT = ("mean val/ood at the two in-distribution levels (selection.levels), read where each "
-            "run's val/id curve crosses the level; per-seed differences, paired t-test, 95% CI, "
-            "Holm over the family")
+ENDPOINT = ("mean val/ood at the two in-distribution levels (the same seed's AdamW val/id at "
+            "level_fractions of its training), read where each run's val/id curve crosses the level; "
+            "per-seed differences, paired t-test, 95% CI, Holm over the family")
 SELECTION = ("lr*: lowest mean final val/id over adamw_lrs; gamma*: largest gamma within "
              "gamma_tolerance of AdamW(lr*) final val/id (none in gammas: gamma_extension is run "
-             "and the same rule applied to all; else lowest val/id); levels: pilot "
-             "AdamW(lr*) val/id at level_fractions of training. Pilot seeds only, val/id only.")
+             "and the same rule applied to all; else lowest val/id); levels: each seed's AdamW "
+             "val/id at level_fractions of training (pilot runs: the pilot AdamW(lr*)'s). "
+             "lr* and gamma* from the pilot seeds only; nothing reads an OOD number.")
 
 
 def arm_overrides(arm: str, lr: float, gamma: float) -> list[str]:

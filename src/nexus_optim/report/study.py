@@ -1,10 +1,12 @@
 """The study report, from the per-run summaries alone (``experiments/study.py`` writes them):
 
-    endpoint     a run's val/ood where its val/id curve first crosses each of the two declared
-                 levels (``selection.json`` ``levels``; linear in tokens between evaluations,
-                 ``report/tables.crossing``), averaged over the two; missing when a level is
-                 never reached (the run is then left out of every test that needs it, and
-                 counted)
+    endpoint     a run's val/ood where its val/id curve first crosses each of two levels
+                 (linear in tokens between evaluations, ``report/tables.crossing``), averaged
+                 over the two; the levels are the same seed's AdamW run's val/id at
+                 ``level_fractions`` of training (pilot runs: ``selection.json`` ``levels``,
+                 the pilot AdamW(lr*)'s); missing when a level is never reached (the run is
+                 then left out of every test that needs it, and counted). The endpoint at
+                 the pilot levels for every run (the rule before amendment 4) is reported too
     primary      the declared family (``design.json`` ``family``): paired t-test over the seeds
                  both arms have, 95% CI, Holm over the family; minimum detectable difference at
                  80% power from the observed sd of the per-seed differences, next to the paper's
@@ -31,7 +33,7 @@ from scipy import stats
 
 from nexus_optim.report.paired import min_detectable_difference, paired_family, paired_test
 from nexus_optim.report.runs import Run, is_num, load_run
-from nexus_optim.report.tables import crossing
+from nexus_optim.report.tables import at_tokens, crossing
 from nexus_optim.runtime import write_json, write_text
 from nexus_optim.train.logging import read_metrics
 
@@ -49,7 +51,8 @@ class StudyRun:
     run: Run
     final: dict  # full validation sets at the end ({"val/<source>", "val/id", "val/ood"})
     closeness: dict  # CLOSENESS_KEYS -> number (those available)
-    endpoint: dict  # {"ood": [per level], "fraction": [per level], "value": mean | None}
+    endpoint: dict | None = None  # {"levels", "ood": [per level], "fraction", "value": mean | None}
+    declared: dict | None = None  # the same at the pilot levels for every run
 
 
 def _final_losses(path: Path) -> dict:
@@ -76,27 +79,51 @@ def closeness_numbers(geo: dict | None) -> dict:
     return {k: float(v) for k, v in out.items() if is_num(v)}
 
 
-def endpoint(curve: list[dict], levels: list[float], steps: int) -> dict:
+def endpoint(curve: list[dict], levels: list[float] | None, steps: int) -> dict:
     """OOD at the crossing of each in-distribution level; ``value`` their mean (None if a
-    level is never reached)."""
+    level is never reached or there are no levels)."""
     ood, frac = [], []
-    for level in levels:
+    for level in levels or []:
         hit = crossing(curve, "val/id", level)
         ood.append(hit.get("val/ood") if hit else None)
         frac.append(hit["step"] / steps if hit and is_num(hit.get("step")) else None)
-    ok = all(is_num(x) for x in ood)
-    return {"ood": ood, "fraction": frac, "value": float(np.mean(ood)) if ok else None}
+    ok = bool(ood) and all(is_num(x) for x in ood)
+    return {"levels": levels, "ood": ood, "fraction": frac, "value": float(np.mean(ood)) if ok else None}
 
 
-def load_summaries(root: str | Path, levels: list[float], steps: int) -> list[StudyRun]:
+def levels_at(curve: list[dict], fractions: list[float]) -> list[float] | None:
+    """val/id at ``fractions`` of training (linear in tokens between evals; the last eval is
+    the end of training); None if the curve does not cover them."""
+    if not curve:
+        return None
+    pts = [at_tokens(curve, f * curve[-1]["tokens"]) for f in fractions]
+    return [p["val/id"] for p in pts] if all(p and is_num(p.get("val/id")) for p in pts) else None
+
+
+def seed_levels(runs: list[StudyRun], fractions: list[float]) -> dict[int, list[float] | None]:
+    """seed -> the levels of that seed's AdamW final run (the baseline's own curve)."""
+    return {r.seed: levels_at(r.run.curve, fractions) for r in runs if r.phase == "final" and r.arm == "adamw"}
+
+
+def assign_endpoints(runs: list[StudyRun], sel: dict, steps: int) -> None:
+    """``endpoint``: at the levels of the same seed's AdamW run (final runs) or the pilot
+    levels (pilot runs, which are the pilot AdamW(lr*)'s levels); ``declared``: at the pilot
+    levels for every run (the rule declared before amendment 4)."""
+    per_seed = seed_levels(runs, sel["level_fractions"])
+    for r in runs:
+        own = per_seed.get(r.seed) if r.phase == "final" else sel["levels"]
+        r.endpoint = endpoint(r.run.curve, own, steps)
+        r.declared = endpoint(r.run.curve, sel["levels"], steps)
+
+
+def load_summaries(root: str | Path) -> list[StudyRun]:
     out = []
     for info_path in sorted(Path(root).glob("*/*/run.json")):
         d = info_path.parent
         info = json.loads(info_path.read_text())
         run = load_run(d)
         out.append(StudyRun(info["name"], info["phase"], info["arm"], int(info["seed"]),
-                            info.get("setting", {}), run, _final_losses(d),
-                            closeness_numbers(run.geometry), endpoint(run.curve, levels, steps)))
+                            info.get("setting", {}), run, _final_losses(d), closeness_numbers(run.geometry)))
     return out
 
 
@@ -154,6 +181,7 @@ def exploratory(runs: list[StudyRun], design: dict, arms: list[str]) -> dict:
     controls) on the endpoint, each level alone, the full-validation losses at the end and
     the closeness measures."""
     metrics = {"endpoint": lambda r: r.endpoint["value"],
+               "endpoint at the pilot levels (as first declared)": lambda r: r.declared["value"],
                "ood at level 1": lambda r: r.endpoint["ood"][0],
                "ood at level 2": lambda r: r.endpoint["ood"][1]}
     finals = sorted({k for r in runs for k in r.final})
@@ -167,7 +195,7 @@ def exploratory(runs: list[StudyRun], design: dict, arms: list[str]) -> dict:
         name = f"{a} - {b}"
         for m, fn in metrics.items():
             if m == "endpoint" and name in family:
-                continue
+                continue  # the primary test
             res = _paired(runs, a, b, fn, design)
             if res is not None:
                 out.setdefault(name, {})[m] = res
@@ -271,13 +299,15 @@ def study_report(summaries: str | Path, out: str | Path, markdown: str | Path | 
     design = json.loads((root / "design.json").read_text())
     sel_path = root / "selection.json"
     sel = json.loads(sel_path.read_text()) if sel_path.exists() else None
-    levels = sel["levels"] if sel else []
-    runs = load_summaries(root, levels, design["steps"])
+    runs = load_summaries(root)
+    if sel:
+        assign_endpoints(runs, sel, design["steps"])
     arms = [a for a in design["primary_arms"] + design["secondary_arms"]
             if any(r.arm == a and r.phase == "final" for r in runs)]
     report = {"design": design, "selection": sel, "arms": arms,
               "runs": [{"name": r.name, "arm": r.arm, "seed": r.seed, "phase": r.phase,
-                        "endpoint": r.endpoint, "final": r.final, "closeness": r.closeness} for r in runs],
+                        "endpoint": r.endpoint, "endpoint_pilot_levels": r.declared, "final": r.final,
+                        "closeness": r.closeness} for r in runs],
               "ngram": _ngram(root, runs), "train_tokens_per_s": _throughput(runs)}
     if sel:
         report.update(primary=primary(runs, design), exploratory=exploratory(runs, design, arms),

@@ -70,8 +70,9 @@ def _design_lines(report: dict) -> list[str]:
                   *[f"| AdamW lr {k} | {fmt(v)} |" for k, v in pv["adamw_lr"].items()],
                   *[f"| Nexus gamma {k} (lr {sel['lr']:g}) | {fmt(v)} |" for k, v in pv["nexus_gamma"].items()],
                   "", f"Selected: lr* = {sel['lr']:g}, gamma* = {sel['gamma']:g} ({sel['gamma_rule']}); "
-                  f"endpoint levels val/id = {', '.join(f'{x:.4f}' for x in sel['levels'])} "
-                  f"(pilot AdamW at {sel['level_fractions']} of training).", ""]
+                  f"pilot levels val/id = {', '.join(f'{x:.4f}' for x in sel['levels'])} "
+                  f"(pilot AdamW at {sel['level_fractions']} of training; the final runs use their "
+                  f"own seed's AdamW levels, amendment 4).", ""]
     return lines
 
 
