@@ -1,7 +1,8 @@
 """PNG plots of the study report (matplotlib, Agg backend):
 
     ood_vs_id.png          val/ood against val/id along training, every final run (a color per
-                           arm), the two endpoint levels (dashed) and the bigram point / lines
+                           arm), the endpoint levels (dotted: mean of the per-seed AdamW levels;
+                           dashed: the pilot's) and the bigram lines
     paired_diffs.png       per comparison: the mean per-seed endpoint difference with its 95% CI,
                            the seeds as dots, 0 and the paper's -0.012 marked
     closeness_vs_ood.png   endpoint OOD against the primary closeness measure, every run with
@@ -29,7 +30,11 @@ def _ood_vs_id(plt, runs, report, colors, out: Path) -> str:
                 label=None if r.arm in seen else r.arm)
         seen.add(r.arm)
     for lv in (report.get("selection") or {}).get("levels", []):
-        ax.axvline(lv, color="k", ls="--", lw=0.8)
+        ax.axvline(lv, color="k", ls="--", lw=0.6)  # the pilot levels
+    seeds = [r["endpoint"]["levels"] for r in report["runs"] if r["phase"] == "final" and r["arm"] == "adamw"
+             and r.get("endpoint") and r["endpoint"].get("levels")]
+    for i in range(len(seeds[0]) if seeds else 0):
+        ax.axvline(sum(lv[i] for lv in seeds) / len(seeds), color="k", ls=":", lw=0.8)  # mean per-seed level
     lines = (report.get("ngram") or {}).get("lines", {}).get("bigram", {})
     if "val/id" in lines and "val/ood" in lines:
         ax.axvline(lines["val/id"], color="grey", lw=1)
@@ -40,7 +45,8 @@ def _ood_vs_id(plt, runs, report, colors, out: Path) -> str:
     ax.invert_xaxis()
     if seen:
         ax.legend(fontsize=7)
-    ax.set_title("OOD vs in-distribution loss (dashed: endpoint levels)", fontsize=9)
+    ax.set_title("OOD vs in-distribution loss (dotted: mean per-seed endpoint levels; dashed: pilot's)",
+                 fontsize=8)
     _save(plt, fig, out / "ood_vs_id.png")
     return "ood_vs_id.png"
 
