@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from nexus_optim.report.paired import min_detectable_difference, paired_family, paired_test
+from nexus_optim.report.paired import min_detectable_difference, paired_family, paired_test, seeds_needed
 from nexus_optim.report.runs import Run, is_num, load_run
 from nexus_optim.report.tables import at_tokens, crossing
 from nexus_optim.runtime import write_json, write_text
@@ -140,10 +140,13 @@ def by_seed(runs: list[StudyRun], arm: str, value) -> dict[int, float]:
 
 
 def _with_power(res: dict, design: dict) -> dict:
-    n, sd = res["n"], res["sd"]
-    mde = (min_detectable_difference(sd, n, 1 - design["confidence"], design["power"])
-           if n >= 2 and sd > 0 else None)
-    return {**res, "mde": mde, "paper_effect": design["paper_ood_effect"]}
+    """Adds the minimum detectable difference at the design's power (observed sd of the
+    per-seed differences, n seeds) and the seeds that power would need for the paper's effect."""
+    n, sd, alpha, power = res["n"], res["sd"], 1 - design["confidence"], design["power"]
+    ok = n >= 2 and sd > 0
+    mde = min_detectable_difference(sd, n, alpha, power) if ok else None
+    need = seeds_needed(sd, design["paper_ood_effect"], alpha, power) if ok else None
+    return {**res, "mde": mde, "paper_effect": design["paper_ood_effect"], "seeds_for_paper_effect": need}
 
 
 def primary(runs: list[StudyRun], design: dict) -> dict:

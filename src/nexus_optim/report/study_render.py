@@ -33,7 +33,8 @@ def verdict_lines(report: dict) -> list[str]:
             reach = "smaller than" if r.get("mde") is not None and r["mde"] <= paper else "larger than"
             out.append(f"- **{name}**: no detectable difference: {_ci(r)} nats, Holm p = {r['p_holm']:.3g}, "
                        f"n = {r['n']} seeds; the minimum detectable difference at 80% power is {mde} nats, "
-                       f"{reach} the paper's {paper:g}.")
+                       f"{reach} the paper's {paper:g} (about {r.get('seeds_for_paper_effect')} paired "
+                       f"seeds would detect {paper:g} at this sd).")
     reg = (report.get("regression") or {}).get("cross_loss_gap")
     if reg and "slope" in reg:
         sig = "predicts" if reg["p"] < 0.05 else "does not detectably predict"
@@ -102,16 +103,16 @@ def _standing_lines(report: dict) -> list[str]:
 
 def _primary_lines(report: dict) -> list[str]:
     lines = ["## Primary endpoint (Holm over the family)", "",
-             "| comparison | n | mean diff [95% CI] | sd of diffs | p | Holm p | MDE (80%) | paper |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| comparison | n | mean diff [95% CI] | sd of diffs | p | Holm p | MDE (80%) | paper | seeds for 0.012 |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, r in (report.get("primary") or {}).items():
         if "diff" in r:
             lines.append(f"| {name} | {r['n']} | {_ci(r)} | {fmt(r['sd'])} | {r['p']:.3g} | {r['p_holm']:.3g} | "
-                         f"{fmt(r['mde'])} | -{r['paper_effect']:g} |")
+                         f"{fmt(r['mde'])} | -{r['paper_effect']:g} | {r.get('seeds_for_paper_effect')} |")
         else:
-            lines.append(f"| {name} | {r['n']} | {r['note']} | | | | | |")
+            lines.append(f"| {name} | {r['n']} | {r['note']} | | | | | | |")
         if r.get("missing_endpoint"):
-            lines.append(f"| (runs that never reached a level: {', '.join(r['missing_endpoint'])}) |||||||")
+            lines.append(f"| (runs that never reached a level: {', '.join(r['missing_endpoint'])}) ||||||||")
     return lines + [""]
 
 
