@@ -143,9 +143,12 @@ def _with_power(res: dict, design: dict) -> dict:
     """Adds the minimum detectable difference at the design's power (observed sd of the
     per-seed differences, n seeds) and the seeds that power would need for the paper's effect."""
     n, sd, alpha, power = res["n"], res["sd"], 1 - design["confidence"], design["power"]
-    ok = n >= 2 and sd > 0
+    ok = n >= 2 and sd > 1e-12  # rounding-level spread (identical values): no power statement
     mde = min_detectable_difference(sd, n, alpha, power) if ok else None
-    need = seeds_needed(sd, design["paper_ood_effect"], alpha, power) if ok else None
+    try:
+        need = seeds_needed(sd, design["paper_ood_effect"], alpha, power) if ok else None
+    except ValueError:  # more than seeds_needed's cap
+        need = None
     return {**res, "mde": mde, "paper_effect": design["paper_ood_effect"], "seeds_for_paper_effect": need}
 
 
