@@ -33,7 +33,7 @@ def verdict_lines(report: dict) -> list[str]:
             reach = "smaller than" if r.get("mde") is not None and r["mde"] <= paper else "larger than"
             out.append(f"- **{name}**: no detectable difference: {_ci(r)} nats, Holm p = {r['p_holm']:.3g}, "
                        f"n = {r['n']} seeds; the minimum detectable difference at 80% power is {mde} nats, "
-                       f"{reach} the paper's {paper:g} (about {r.get('seeds_for_paper_effect')} paired "
+                       f"{reach} the paper's {paper:g} (about {r.get('seeds_for_paper_effect') or 'n/a'} paired "
                        f"seeds would detect {paper:g} at this sd).")
     reg = (report.get("regression") or {}).get("cross_loss_gap")
     if reg and "slope" in reg:
@@ -108,7 +108,7 @@ def _primary_lines(report: dict) -> list[str]:
     for name, r in (report.get("primary") or {}).items():
         if "diff" in r:
             lines.append(f"| {name} | {r['n']} | {_ci(r)} | {fmt(r['sd'])} | {r['p']:.3g} | {r['p_holm']:.3g} | "
-                         f"{fmt(r['mde'])} | -{r['paper_effect']:g} | {r.get('seeds_for_paper_effect')} |")
+                         f"{fmt(r['mde'])} | -{r['paper_effect']:g} | {r.get('seeds_for_paper_effect') or 'n/a'} |")
         else:
             lines.append(f"| {name} | {r['n']} | {r['note']} | | | | | | |")
         if r.get("missing_endpoint"):
