@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from nexus_optim.experiments.design import (PRIMARY_ARMS, SECONDARY_ARMS, StudyDesign, arm_overrides,
-                                            select_gamma, select_lr, value_at_fraction)
+                                            select_gamma, select_lr)
 from nexus_optim.experiments.study import Study
 
 SMALL = dict(steps=20, eval_every=1, adamw_lrs=(1e-3, 3e-3), gammas=(0.1, 0.3, 1.0),
@@ -44,13 +44,6 @@ def test_select_gamma_takes_the_largest_within_tolerance_else_the_lowest():
     assert g == 0.3 and "largest" in rule and means[3.0] == float("inf")
     g, _, rule = select_gamma({0.1: [_curve(3.2)], 0.3: [_curve(3.1)]}, 3.0, 0.03)
     assert g == 0.3 and "lowest" in rule
-
-
-def test_value_at_fraction_interpolates_between_evals():
-    curve = [{"step": 10, "val/id": 4.0}, {"step": 20, "val/id": 3.0}]
-    assert value_at_fraction(curve, 0.75, 20) == pytest.approx(3.5)
-    with pytest.raises(ValueError, match="no val/id evaluations around step 2"):
-        value_at_fraction(curve, 0.1, 20)
 
 
 def test_design_refuses_overlapping_seeds_and_sparse_evals():

@@ -195,13 +195,3 @@ def select_gamma(curves: dict[float, list[list[dict]]], adamw_final: float,
     if not finite:
         raise RuntimeError("study: no Nexus pilot run finished; cannot select gamma*")
     return min(finite, key=finite.get), means, f"no gamma within {tolerance:g} nats: lowest val/id"
-
-
-def value_at_fraction(curve: list[dict], fraction: float, steps: int, key: str = "val/id") -> float:
-    """``key`` at ``fraction`` of training (linear in steps between the evals around it)."""
-    target = fraction * steps
-    pts = [(r["step"], r[key]) for r in curve if key in r]
-    for (s0, v0), (s1, v1) in zip(pts, pts[1:]):
-        if s0 <= target <= s1:
-            return v0 + (target - s0) / (s1 - s0) * (v1 - v0)
-    raise ValueError(f"study: no {key} evaluations around step {target:g} (fraction {fraction:g})")

@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nexus_optim.experiments.design import (PRIMARY_ARMS, SECONDARY_ARMS, StudyDesign, arm_overrides,
-                                            select_gamma, select_lr, value_at_fraction)
+                                            select_gamma, select_lr)
 from nexus_optim.experiments.runs import finished
+from nexus_optim.report.study import levels_at
 from nexus_optim.runtime import write_json
 from nexus_optim.train.logging import read_metrics
 
@@ -226,7 +227,10 @@ class Study:
         adamw_final = sum(c[-1]["val/id"] for c in best) / len(best)
         gamma, g_means, rule, g_runs = self._select_gamma(lr, adamw_final)
         self._pilot_done(g_runs)
-        levels = [sum(value_at_fraction(c, f, d.steps) for c in best) / len(best) for f in d.level_fractions]
+        per_run = [levels_at(c, list(d.level_fractions)) for c in best]
+        if any(lv is None for lv in per_run):
+            raise RuntimeError("study: the pilot AdamW(lr*) curve does not cover the level fractions")
+        levels = [sum(lv[i] for lv in per_run) / len(per_run) for i in range(len(d.level_fractions))]
         sel = {"lr": lr, "gamma": gamma, "gamma_rule": rule, "levels": levels,
                "level_fractions": list(d.level_fractions), "adamw_final_val_id": adamw_final,
                "pilot_val_id": {"adamw_lr": {f"{k:g}": v for k, v in lr_means.items()},

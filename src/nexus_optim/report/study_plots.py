@@ -76,7 +76,7 @@ def _paired_diffs(plt, runs, report, out: Path) -> str | None:
     ax.axvline(-report["design"]["paper_ood_effect"], color="tab:green", ls=":", lw=1)
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([n for n, _ in rows], fontsize=7)
-    ax.set_xlabel("endpoint OOD difference (nats; < 0: first arm better); dotted: paper's -0.012")
+    ax.set_xlabel("endpoint OOD difference, nats (< 0: first arm better; dotted: the paper's -0.012)", fontsize=8)
     _save(plt, fig, out / "paired_diffs.png")
     return "paired_diffs.png"
 
