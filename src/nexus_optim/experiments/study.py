@@ -30,7 +30,7 @@ from pathlib import Path
 from nexus_optim.experiments.design import (PRIMARY_ARMS, SECONDARY_ARMS, StudyDesign, arm_overrides,
                                             select_gamma, select_lr)
 from nexus_optim.experiments.runs import finished
-from nexus_optim.report.study import levels_at
+from nexus_optim.report.study import levels_at, study_report
 from nexus_optim.runtime import write_json
 from nexus_optim.train.logging import read_metrics
 
@@ -259,8 +259,6 @@ class Study:
                 if left:
                     print(f"[study] {len(left)} run(s) not done (time budget or failure): "
                           f"{', '.join(s.name for s in left)}; rerun the same command to continue", flush=True)
-        from nexus_optim.report.study import study_report
-
         report = study_report(self.summaries, report_out or self.summaries.parent, report_md)
         print(f"[study] {tier} in {time.time() - t0:.0f}s; report: {report['paths']['markdown']}", flush=True)
         return report
