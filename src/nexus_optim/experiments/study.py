@@ -29,10 +29,9 @@ from pathlib import Path
 
 from nexus_optim.experiments.design import (PRIMARY_ARMS, SECONDARY_ARMS, StudyDesign, arm_overrides,
                                             select_gamma, select_lr)
-from nexus_optim.experiments.runs import finished
+from nexus_optim.experiments.runs import eval_records, finished
 from nexus_optim.report.study import levels_at, study_report
 from nexus_optim.runtime import write_json
-from nexus_optim.train.logging import read_metrics
 
 FIRST_PRIMARY, FIRST_SECONDARY = 4, 2  # final_runs: the order runs start in
 SUMMARY_FILES = ("config.yaml", "metrics.jsonl", "prepared.json", "final_eval.json", "geometry.json")
@@ -57,13 +56,6 @@ class RunSpec:
 def _run(cmd: list[str], log: Path, env: dict) -> int:
     with open(log, "a") as f:
         return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
-
-
-def _curve(path: Path) -> list[dict]:
-    try:
-        return [r for r in read_metrics(path) if "val/id" in r]
-    except (FileNotFoundError, ValueError):
-        return []
 
 
 class Study:
@@ -205,7 +197,7 @@ class Study:
     def _curves(self, specs: list[RunSpec], key: str) -> dict:
         out: dict = {}
         for s in specs:
-            out.setdefault(dict(s.setting)[key], []).append(_curve(self.summaries / s.name))
+            out.setdefault(dict(s.setting)[key], []).append(eval_records(self.summaries / s.name))
         return out
 
     def _pilot_done(self, specs: list[RunSpec]) -> None:
@@ -223,7 +215,7 @@ class Study:
         self.execute(lr_runs, post=False)
         self._pilot_done(lr_runs)
         lr, lr_means = select_lr(self._curves(lr_runs, "lr"))
-        best = [_curve(self.summaries / s.name) for s in lr_runs if dict(s.setting)["lr"] == lr]
+        best = [eval_records(self.summaries / s.name) for s in lr_runs if dict(s.setting)["lr"] == lr]
         adamw_final = sum(c[-1]["val/id"] for c in best) / len(best)
         gamma, g_means, rule, g_runs = self._select_gamma(lr, adamw_final)
         self._pilot_done(g_runs)
