@@ -219,19 +219,22 @@ def test_closeness_pair_barrier_matches_independent_line():
         assert p["loss"] == pytest.approx(curve, rel=1e-6)
         chord = curve[0] + np.array(pb["alphas"]) * (curve[-1] - curve[0])
         assert p["barrier"] == pytest.approx(float(np.max(curve - chord)), abs=1e-6)
+        assert p["excess"] == pytest.approx(float(np.max((curve - chord)[1:-1])), abs=1e-6)
         row = r["sources"].index(x)  # the end values are the cross losses, reused
         assert p["loss"][0] == (3 * r["cross_loss"][row][0] + r["cross_loss"][row][1]) / 4
     assert pb["mean_barrier"] == pytest.approx(np.mean([p["barrier"] for p in pb["pairs"].values()]))
     eq = closeness(tiny_model(), cfg, data, val, steps=1, lr=2e-2, points=2, protocol="fixed")
     assert eq["pair_barrier"]["id_weights"] == {"a": 1.0, "b": 1.0, "c": 1.0}
     assert all(p["barrier"] == 0.0 for p in eq["pair_barrier"]["pairs"].values())  # no interior
+    assert eq["pair_barrier"]["mean_excess"] is None
+    assert all(p["excess"] is None for p in eq["pair_barrier"]["pairs"].values())
 
 
 def test_pair_barrier_known_answer():
     """val/id along theta_a = v -> theta_b = -v with known losses: source a's loss is
     -||theta||^2 (concave), b's 2 ||theta||^2, weights 3:1, so val/id = -||theta||^2 / 4 and
     the barrier (at alpha = 1/2, theta = 0) is ||v||^2 / 4."""
-    from nexus_optim.diagnostics.barrier import line_barrier, pair_barrier
+    from nexus_optim.diagnostics.barrier import pair_barrier
 
     model = tiny_model()
     v = flat_params(model)
@@ -248,8 +251,15 @@ def test_pair_barrier_known_answer():
     assert r["pairs"]["a|b"]["loss"] == pytest.approx(expected, rel=1e-5)
     assert r["pairs"]["a|b"]["barrier"] == pytest.approx(n / 4, rel=1e-5)
     assert r["mean_barrier"] == r["pairs"]["a|b"]["barrier"]
-    assert line_barrier([0.0, 2.0, 1.0], [0.0, 0.5, 1.0]) == 1.5
-    assert line_barrier([1.0, 0.0, 1.0], [0.0, 0.5, 1.0]) == 0.0  # below the chord: no barrier
+    assert r["pairs"]["a|b"]["excess"] == pytest.approx(n / 4, rel=1e-5) == r["mean_excess"]
+    # the convex mirror image (a: ||theta||^2, b: -2 ||theta||^2): the line dips below its
+    # chord, so no barrier and a negative excess: the highest interior point (alpha 1/4 and
+    # 3/4) sits (1 - (1/2)^2) ||v||^2 / 4 = 3 ||v||^2 / 16 below the chord
+    neg_cross = {k: {s: -x for s, x in d.items()} for k, d in cross.items()}
+    neg = pair_barrier(model, ["a", "b"], {"a": v, "b": -v}, neg_cross, lambda m, sources=None: {
+        s: -x for s, x in losses_at(m, sources).items()}, {"a": 3.0, "b": 1.0}, 5)
+    assert neg["mean_barrier"] == pytest.approx(0.0, abs=1e-6)
+    assert neg["mean_excess"] == pytest.approx(-3 * n / 16, rel=1e-5)
 
 
 @pytest.mark.parametrize("kwargs,word", [

@@ -49,7 +49,9 @@ def _write(root, name, arm, seed, phase, shift, gap=None):
     if gap is not None:
         (d / "geometry.json").write_text(json.dumps({"closeness": {
             "cross_loss_gap": gap, "displacement_cos": [[1.0, 0.2 + gap], [0.2 + gap, 1.0]],
-            "mean_distance_over_path": 0.5, "pair_barrier": {"mean_barrier": 0.01 * gap}}}))
+            "mean_distance_over_path": 0.5, "pair_barrier": {
+                "mean_barrier": 0.0, "alphas": [0.0, 0.5, 1.0],  # records before "excess" was stored
+                "pairs": {"a|b": {"loss": [3.0, 3.0 - gap, 3.2], "barrier": 0.0}}}}}))
 
 
 def _study(tmp_path, n_seeds=5):
@@ -114,6 +116,11 @@ def test_report_regenerates_identically_and_says_the_verdict(tmp_path):
     assert (tmp_path / "o1" / "paired_diffs.png").stat().st_size > 0
     # the regression uses every run with closeness and an endpoint: 15 final + 1 pilot
     assert a["regression"]["cross_loss_gap"]["n"] == 16
+    # the signed excess is read from the stored curve: (3 - gap) - (3 + 3.2) / 2 = -0.1 - gap
+    pilot = [r for r in a["runs"] if r["phase"] == "pilot"][0]
+    assert pilot["closeness"]["pair_excess"] == pytest.approx(-0.1 - 0.2)
+    assert pilot["closeness"]["pair_barrier"] == 0.0
+    assert "pair_excess: the same height at the interior points, signed" in md
 
 
 def test_fixed_effects_slope_matches_the_within_arm_formula():

@@ -2,6 +2,7 @@
 interpolation and pair barrier; the keys are documented there).
 
     barrier of a curve L(alpha), alpha in [0, 1]:   max_alpha L(alpha) - ((1 - alpha) L(0) + alpha L(1))
+    excess: the same over the interior alphas only, signed (``eval/lines.py``)
 
 ``interpolation``: every eval source's val loss along theta_0 -> theta_s (start to each
 source's end point); ``pair_barrier``: the in-distribution loss (``val/id`` of
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from nexus_optim.eval.gradsim import unique_params
+from nexus_optim.eval.lines import line_barrier, line_excess
 from nexus_optim.eval.losses import pooled_losses
 
 LossesAt = Callable[..., dict]  # losses_at(model, sources=None) -> {source: val loss}
@@ -42,12 +44,6 @@ def load_flat(model: torch.nn.Module, vec: torch.Tensor) -> None:
 
 def alphas_of(points: int) -> list[float]:
     return [float(a) for a in np.linspace(0.0, 1.0, points)]
-
-
-def line_barrier(curve, alphas) -> float:
-    """max over alpha of ``curve`` minus the chord between its end values."""
-    c, a = np.asarray(curve, dtype=np.float64), np.asarray(alphas, dtype=np.float64)
-    return float(np.max(c - (c[0] + a * (c[-1] - c[0]))))
 
 
 def _along(probe, start: torch.Tensor, end: torch.Tensor, alphas, at0: dict, at1: dict,
@@ -101,7 +97,10 @@ def pair_barrier(model, names, thetas, cross, losses_at: LossesAt, weights: dict
                 vals = _along(probe, thetas[a], thetas[b], alphas, cross[a], cross[b], losses_at,
                               id_sources)
                 curve = [id_loss(v) for v in vals]
-                pairs[f"{a}|{b}"] = {"loss": curve, "barrier": line_barrier(curve, alphas)}
+                pairs[f"{a}|{b}"] = {"loss": curve, "barrier": line_barrier(curve, alphas),
+                                     "excess": line_excess(curve, alphas)}
     barriers = [p["barrier"] for p in pairs.values()]
+    excess = [p["excess"] for p in pairs.values() if p["excess"] is not None]
     return {"alphas": alphas, "id_weights": dict(weights), "pairs": pairs,
-            "mean_barrier": float(np.mean(barriers)) if barriers else None}
+            "mean_barrier": float(np.mean(barriers)) if barriers else None,
+            "mean_excess": float(np.mean(excess)) if excess else None}

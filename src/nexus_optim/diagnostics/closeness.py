@@ -36,7 +36,9 @@ The end points theta_s stand in for the source minima. Reported (L2 over all par
                              (``val/id``: the train sources' val losses weighted by ``weights``)
                              at theta_a + alpha (theta_b - theta_a), the same alphas;
                              ``barrier`` = max over alpha of it minus the chord between its end
-                             values; ``mean_barrier`` over pairs (None with one source)
+                             values; ``excess`` the same over the interior alphas, signed
+                             (negative: the line dips below the chord); ``mean_barrier`` and
+                             ``mean_excess`` over pairs (None with one source)
 
 plus the settings: protocol, optimizer, inner_steps, lr, min_lr_ratio (None for "run"),
 schedule, steps, seed, micro_batch_size, seq_len, eval_tokens, n_params, start_norm.

@@ -31,13 +31,15 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from nexus_optim.eval.lines import line_excess
 from nexus_optim.report.paired import min_detectable_difference, paired_family, paired_test, seeds_needed
 from nexus_optim.report.runs import Run, is_num, load_run
 from nexus_optim.report.tables import at_tokens, crossing
 from nexus_optim.runtime import write_json, write_text
 from nexus_optim.train.logging import read_metrics
 
-CLOSENESS_KEYS = ("cross_loss_gap", "displacement_cos", "distance_over_path", "pair_barrier")
+CLOSENESS_KEYS = ("cross_loss_gap", "displacement_cos", "distance_over_path", "pair_barrier",
+                  "pair_excess")
 PRIMARY_CLOSENESS = "cross_loss_gap"
 
 
@@ -69,13 +71,25 @@ def _offdiag_mean(m: list[list[float]]) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
+def _mean_excess(pb: dict) -> float | None:
+    """Mean over pairs of the signed excess over the chord (``eval/lines.line_excess``), from
+    the stored curves (records before ``excess`` was stored have them too)."""
+    alphas = pb.get("alphas") or []
+    vals = [line_excess(p["loss"], alphas) for p in (pb.get("pairs") or {}).values()
+            if len(p.get("loss") or []) == len(alphas) and all(is_num(x) for x in p["loss"])]
+    vals = [v for v in vals if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
 def closeness_numbers(geo: dict | None) -> dict:
     """The closeness measures of a fixed-protocol closeness record (missing keys skipped)."""
     c = (geo or {}).get("closeness") or {}
+    pb = c.get("pair_barrier") or {}
     out = {"cross_loss_gap": c.get("cross_loss_gap"),
            "displacement_cos": _offdiag_mean(c.get("displacement_cos") or []),
            "distance_over_path": c.get("mean_distance_over_path"),
-           "pair_barrier": (c.get("pair_barrier") or {}).get("mean_barrier")}
+           "pair_barrier": pb.get("mean_barrier"),
+           "pair_excess": _mean_excess(pb)}
     return {k: float(v) for k, v in out.items() if is_num(v)}
 
 

@@ -130,7 +130,18 @@ def _exploratory_lines(report: dict) -> list[str]:
                   "|---|" + "---|" * len(keys)]
         for arm, m in per.items():
             lines.append(f"| {arm} | " + " | ".join(fmt(m[k]["mean"]) for k in keys) + " |")
+        lines += ["", CLOSENESS_LEGEND]
     return lines + [""]
+
+
+CLOSENESS_LEGEND = (
+    "cross_loss_gap: mean over sources i != j of (loss on j at i's minimum - loss on j at j's); "
+    "displacement_cos: mean cosine between two sources' displacements from the checkpoint; "
+    "distance_over_path: distance from the checkpoint over the fine-tune's path length; "
+    "pair_barrier: the val/id barrier on the straight line between two source minima "
+    "(max(0, height above the chord)), 0 when the line never rises above the chord; "
+    "pair_excess: the same height at the interior points, signed (negative: the mixture of "
+    "two source minima is better in-distribution than the chord between them).")
 
 
 def _regression_lines(report: dict) -> list[str]:
