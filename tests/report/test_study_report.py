@@ -15,6 +15,7 @@ from scipy import stats
 from nexus_optim.experiments.design import StudyDesign
 from nexus_optim.report.paired import holm, min_detectable_difference
 from nexus_optim.report.study import endpoint, fixed_effects_slope, levels_at, study_report
+from nexus_optim.report.study_render import grid_edge
 
 STEPS = 10
 LEVELS = [3.5, 3.2]
@@ -61,7 +62,7 @@ def _study(tmp_path, n_seeds=5):
     (root / "design.json").write_text(json.dumps(d))
     (root / "selection.json").write_text(json.dumps({
         "lr": 1e-3, "gamma": 0.3, "gamma_rule": "test", "levels": LEVELS, "level_fractions": [0.75, 0.9],
-        "pilot_val_id": {"adamw_lr": {"0.001": 3.0}, "nexus_gamma": {"0.3": 3.0}}}))
+        "pilot_val_id": {"adamw_lr": {"0.001": 3.0, "0.002": 3.1}, "nexus_gamma": {"0.3": 3.0}}}))
     (root / "ngram.json").write_text(json.dumps({"available": True, "lines": {
         "unigram": {"val/id": 5.0, "val/ood": 5.5}, "bigram": {"val/id": 3.5, "val/ood": 4.6}}}))
     rng = np.random.default_rng(0)
@@ -121,6 +122,12 @@ def test_report_regenerates_identically_and_says_the_verdict(tmp_path):
     assert pilot["closeness"]["pair_excess"] == pytest.approx(-0.1 - 0.2)
     assert pilot["closeness"]["pair_barrier"] == 0.0
     assert "pair_excess: the same height at the interior points, signed" in md
+    assert "Caveat: lr* is the smallest learning rate of the grid" in md
+
+
+def test_grid_edge():
+    assert grid_edge(1e-3, [1e-3, 2e-3]) == "smallest" and grid_edge(2e-3, [1e-3, 2e-3]) == "largest"
+    assert grid_edge(2e-3, [1e-3, 2e-3, 4e-3]) is None and grid_edge(1e-3, [1e-3]) is None
 
 
 def test_fixed_effects_slope_matches_the_within_arm_formula():

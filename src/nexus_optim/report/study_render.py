@@ -74,7 +74,19 @@ def _design_lines(report: dict) -> list[str]:
                   f"pilot levels val/id = {', '.join(f'{x:.4f}' for x in sel['levels'])} "
                   f"(pilot AdamW at {sel['level_fractions']} of training; the final runs use their "
                   f"own seed's AdamW levels, amendment 4).", ""]
+        edge = grid_edge(sel["lr"], [float(k) for k in pv["adamw_lr"]])
+        if edge:
+            lines += [f"Caveat: lr* is the {edge} learning rate of the grid, so the grid does not "
+                      "bracket AdamW's best lr; every arm uses lr*, and the comparison holds at it "
+                      "(a wider grid is a new design, not an amendment of this one).", ""]
     return lines
+
+
+def grid_edge(value: float, grid: list[float]) -> str | None:
+    """"smallest" / "largest" when ``value`` is at that end of a grid of >= 2 values."""
+    if len(grid) < 2:
+        return None
+    return "smallest" if value <= min(grid) else "largest" if value >= max(grid) else None
 
 
 def _standing_lines(report: dict) -> list[str]:
