@@ -44,11 +44,12 @@ def _write(root, name, arm, seed, phase, shift, gap=None):
     d = root / name
     d.mkdir(parents=True)
     (d / "config.yaml").write_text(yaml.safe_dump({"train": {"seed": seed}, "model": {"seq_len": 8}}))
-    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _curve(shift)))
+    train = [{"step": 5, "train/loss": 4.0, "tokens": 50, "tokens_per_s": 100.0}]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _curve(shift) + train))
     (d / "run.json").write_text(json.dumps({"name": name, "phase": phase, "arm": arm, "seed": seed, "setting": {}}))
     (d / "final_eval.json").write_text(json.dumps({"losses": {"summary": {"val/id": 3.0 + shift, "val/ood": 4.0 + shift}}}))
     if gap is not None:
-        (d / "geometry.json").write_text(json.dumps({"closeness": {
+        (d / "geometry.json").write_text(json.dumps({"closeness": {"n_params": 1234,
             "cross_loss_gap": gap, "displacement_cos": [[1.0, 0.2 + gap], [0.2 + gap, 1.0]],
             "mean_distance_over_path": 0.5, "pair_barrier": {
                 "mean_barrier": 0.0, "alphas": [0.0, 0.5, 1.0],  # records before "excess" was stored
@@ -123,6 +124,11 @@ def test_report_regenerates_identically_and_says_the_verdict(tmp_path):
     assert pilot["closeness"]["pair_barrier"] == 0.0
     assert "pair_excess: the same height at the interior points, signed" in md
     assert "Caveat: lr* is the smallest learning rate of the grid" in md
+    # cost: tokens per run (design) / 100 tokens/s; 1 pilot + 17 final runs on 2 cores
+    tokens = STEPS * 4 * 8 * 128
+    assert (f"Size and cost: 1,234 parameters, vocabulary 512, {tokens:,} tokens per run, so one run "
+            f"trains in about {tokens / 100 / 60:.1f} min") in md
+    assert f"the 1 pilot and 17 final runs here are about {tokens / 100 / 60 * 18 / 2:.0f} min" in md
 
 
 def test_grid_edge():

@@ -310,6 +310,17 @@ def _throughput(runs: list[StudyRun]) -> float | None:
     return float(np.median(per)) if per else None
 
 
+def _n_params(runs: list[StudyRun]) -> int | None:
+    """The model's parameter count, from the first closeness record that has it."""
+    for r in runs:
+        f = r.run.path / "geometry.json"
+        if f.exists():
+            n = (json.loads(f.read_text()).get("closeness") or {}).get("n_params")
+            if isinstance(n, int):
+                return n
+    return None
+
+
 def study_report(summaries: str | Path, out: str | Path, markdown: str | Path | None = None) -> dict:
     """report.json, plots and the markdown report of a study's summaries."""
     from nexus_optim.report.study_plots import study_plots
@@ -328,7 +339,8 @@ def study_report(summaries: str | Path, out: str | Path, markdown: str | Path | 
               "runs": [{"name": r.name, "arm": r.arm, "seed": r.seed, "phase": r.phase,
                         "endpoint": r.endpoint, "endpoint_pilot_levels": r.declared, "final": r.final,
                         "closeness": r.closeness} for r in runs],
-              "ngram": _ngram(root, runs), "train_tokens_per_s": _throughput(runs)}
+              "ngram": _ngram(root, runs), "train_tokens_per_s": _throughput(runs),
+              "n_params": _n_params(runs)}
     if sel:
         report.update(primary=primary(runs, design), exploratory=exploratory(runs, design, arms),
                       regression=regression(runs, design["confidence"]), per_arm=arm_table(runs, arms))

@@ -110,7 +110,22 @@ def _standing_lines(report: dict) -> list[str]:
         lines += [""]
         lines.append(f"Training throughput (median over runs of each run's median, one thread per run, "
                      f"two runs at a time on 2 cores): {tps:,.0f} tokens/s.")
+        lines += ["", _cost_line(report, tps)]
     return lines + [""]
+
+
+def _cost_line(report: dict, tps: float) -> str:
+    """The size choice and its cost, estimated from the measured throughput."""
+    d = report["design"]
+    tokens = d["steps"] * d["inner_steps"] * d["micro_batch_size"] * d["seq_len"]
+    n_runs = {ph: sum(r["phase"] == ph for r in report["runs"]) for ph in ("pilot", "final")}
+    per_run = tokens / tps / 60
+    size = f"{report['n_params']:,} parameters, " if report.get("n_params") else ""
+    return (f"Size and cost: {size}vocabulary {d['vocab_size']}, {tokens:,} tokens per run, so one run "
+            f"trains in about {per_run:.1f} min on one core at this throughput (the dense evaluations, "
+            f"the full-validation evaluation and the closeness fine-tunes come on top); the "
+            f"{n_runs['pilot']} pilot and {n_runs['final']} final runs here are about "
+            f"{per_run * (n_runs['pilot'] + n_runs['final']) / 2:.0f} min of training on 2 cores.")
 
 
 def _primary_lines(report: dict) -> list[str]:
