@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from nexus_optim.experiments.design import (PRIMARY_ARMS, SECONDARY_ARMS, StudyDesign, arm_overrides,
-                                            select_gamma, select_lr)
+                                            design_changes, select_gamma, select_lr)
 from nexus_optim.experiments.study import Study
 
 SMALL = dict(steps=20, eval_every=1, adamw_lrs=(1e-3, 3e-3), gammas=(0.1, 0.3, 1.0),
@@ -79,6 +79,21 @@ def test_declare_refuses_a_changed_design(tmp_path):
     Study(tmp_path, tmp_path / "summ", design=StudyDesign(**SMALL)).declare()  # same: fine
     with pytest.raises(ValueError, match="declares a different design .*gamma_tolerance"):
         Study(tmp_path, tmp_path / "summ", design=StudyDesign(**SMALL, gamma_tolerance=0.1)).declare()
+    # more seeds extend the declared design (rewritten); other seeds or fewer are refused
+    Study(tmp_path, tmp_path / "summ", design=StudyDesign(**{**SMALL, "final_seeds": (0, 1, 2, 3)})).declare()
+    assert json.loads((tmp_path / "summ" / "design.json").read_text())["final_seeds"] == [0, 1, 2, 3]
+    for seeds in ((0, 1, 2), (0, 1, 5, 3, 4), (1, 2, 3, 4, 5)):
+        with pytest.raises(ValueError, match="declares a different design .*final_seeds"):
+            Study(tmp_path, tmp_path / "summ", design=StudyDesign(**{**SMALL, "final_seeds": seeds})).declare()
+
+
+def test_design_changes_allows_only_prefix_extensions_of_the_extensible_keys():
+    old = {"final_seeds": [0, 1], "amendments": ["a"], "steps": 10}
+    assert design_changes(old, {**old, "final_seeds": [0, 1, 2], "amendments": ["a", "b"]}) == (
+        [], ["amendments", "final_seeds"])
+    assert design_changes(old, {**old, "amendments": ["b", "a"]}) == (["amendments"], [])
+    assert design_changes(old, {**old, "steps": [10, 20]}) == (["steps"], [])
+    assert design_changes(old, {k: v for k, v in old.items() if k != "steps"}) == (["steps"], [])
 
 
 def _pilot_summaries(root, st, ood_offsets):

@@ -11,8 +11,9 @@ Every run is a single-threaded ``nexus train`` subprocess (``workers`` at a time
 validation sets (``final_eval.json``) and the fixed-protocol closeness (``geometry.json``),
 and a small summary (config, metrics.jsonl, final_eval.json, geometry.json, run.json; no
 checkpoints) is copied to ``summaries/<phase>/<name>``. Finished summaries are never redone,
-so adding seeds (``--final-seeds``) extends the study. ``design.json`` is written before the
-first run and must not change between invocations (refused otherwise).
+so adding seeds extends the study. ``design.json`` is written before the first run and must
+not change between invocations (refused otherwise), except that a design may extend its seed
+lists and amendments (``design.EXTENSIBLE``: the declared values stay a prefix).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nexus_optim.experiments.design import (PRIMARY_ARMS, SECONDARY_ARMS, StudyDesign, arm_overrides,
-                                            select_gamma, select_lr)
+                                            design_changes, select_gamma, select_lr)
 from nexus_optim.experiments.runs import eval_records, finished
 from nexus_optim.report.study import levels_at, study_report
 from nexus_optim.runtime import write_json
@@ -75,10 +76,14 @@ class Study:
         path, mine = self.summaries / "design.json", json.loads(json.dumps(self.design.to_dict()))
         if path.exists():
             old = json.loads(path.read_text())
-            changed = sorted(k for k in set(old) | set(mine) if old.get(k) != mine.get(k))
-            if changed:
-                raise ValueError(f"study: {path} declares a different design (keys {', '.join(changed)}); "
+            refused, extended = design_changes(old, mine)
+            if refused:
+                raise ValueError(f"study: {path} declares a different design (keys {', '.join(refused)}); "
                                  f"use another --summaries directory")
+            if extended:
+                print(f"[study] design extended ({', '.join(f'{k} {len(old[k])} -> {len(mine[k])}' for k in extended)})",
+                      flush=True)
+                write_json(path, mine, indent=2)
         else:
             write_json(path, mine, indent=2)
 
