@@ -40,12 +40,12 @@ def test_endpoint_reads_ood_where_val_id_crosses_each_level():
     assert slow["ood"][1] is None and slow["value"] is None
 
 
-def _write(root, name, arm, seed, phase, shift, gap=None):
+def _write(root, name, arm, seed, phase, shift, gap=None, speed=1.0):
     d = root / name
     d.mkdir(parents=True)
     (d / "config.yaml").write_text(yaml.safe_dump({"train": {"seed": seed}, "model": {"seq_len": 8}}))
     train = [{"step": 5, "train/loss": 4.0, "tokens": 50, "tokens_per_s": 100.0}]
-    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _curve(shift) + train))
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _curve(shift, speed) + train))
     (d / "run.json").write_text(json.dumps({"name": name, "phase": phase, "arm": arm, "seed": seed, "setting": {}}))
     (d / "final_eval.json").write_text(json.dumps({"losses": {"summary": {"val/id": 3.0 + shift, "val/ood": 4.0 + shift}}}))
     if gap is not None:
@@ -76,6 +76,7 @@ def _study(tmp_path, n_seeds=5):
     for s in range(2):
         _write(root, f"final/random_s{s}", "random", s, "final", rng.normal(0, 0.05))
     _write(root, "pilot/adamw_lr0.001_s1000", "adamw", 1000, "pilot", 0.03, gap=0.2)
+    _write(root, "pilot/nexus_g3_s1000", "nexus", 1000, "pilot", 0.0, gap=0.3, speed=0.5)  # never reaches 3.2
     return root, shifts
 
 
@@ -118,17 +119,19 @@ def test_report_regenerates_identically_and_says_the_verdict(tmp_path):
     assert (tmp_path / "o1" / "paired_diffs.png").stat().st_size > 0
     # the regression uses every run with closeness and an endpoint: 15 final + 1 pilot
     assert a["regression"]["cross_loss_gap"]["n"] == 16
+    assert a["regression"]["cross_loss_gap"]["left_out"] == ["pilot/nexus_g3_s1000"]
+    assert "Left out (closeness but no endpoint: a level is never reached): 1 runs, pilot/nexus_g3_s1000." in md
     # the signed excess is read from the stored curve: (3 - gap) - (3 + 3.2) / 2 = -0.1 - gap
     pilot = [r for r in a["runs"] if r["phase"] == "pilot"][0]
     assert pilot["closeness"]["pair_excess"] == pytest.approx(-0.1 - 0.2)
     assert pilot["closeness"]["pair_barrier"] == 0.0
     assert "pair_excess: the same height at the interior points, signed" in md
     assert "Caveat: lr* is the smallest learning rate of the grid" in md
-    # cost: tokens per run (design) / 100 tokens/s; 1 pilot + 17 final runs on 2 cores
+    # cost: tokens per run (design) / 100 tokens/s; 2 pilot + 17 final runs on 2 cores
     tokens = STEPS * 4 * 8 * 128
     assert (f"Size and cost: 1,234 parameters, vocabulary 512, {tokens:,} tokens per run, so one run "
             f"trains in about {tokens / 100 / 60:.1f} min") in md
-    assert f"the 1 pilot and 17 final runs here are about {tokens / 100 / 60 * 18 / 2:.0f} min" in md
+    assert f"the 2 pilot and 17 final runs here are about {tokens / 100 / 60 * 19 / 2:.0f} min" in md
 
 
 def test_grid_edge():

@@ -253,7 +253,8 @@ def regression(runs: list[StudyRun], confidence: float = 0.95) -> dict:
             continue
         x, y, g, names = (list(t) for t in zip(*rows))
         out[key] = {**fixed_effects_slope(x, y, g, confidence), "primary": key == PRIMARY_CLOSENESS,
-                    "points": [{"run": nm, "arm": a, "x": xv, "y": yv} for xv, yv, a, nm in rows]}
+                    "points": [{"run": nm, "arm": a, "x": xv, "y": yv} for xv, yv, a, nm in rows],
+                    "left_out": [r.name for r in runs if key in r.closeness and not is_num(r.endpoint["value"])]}
     return out
 
 

@@ -181,7 +181,12 @@ def _regression_lines(report: dict) -> list[str]:
                          f"{r['slope_per_sd']:+.4g} | {r['p']:.3g} |")
         else:
             lines.append(f"| {key}{tag} | {r['n']} | {r['note']} | | |")
-    return lines + ["", "Endpoint = mean val/ood at the two levels; slope in nats of OOD per unit of the measure.", ""]
+    lines += ["", "Endpoint = mean val/ood at the two levels; slope in nats of OOD per unit of the measure."]
+    left = next((r.get("left_out") or [] for r in (report.get("regression") or {}).values() if r.get("primary")), [])
+    if left:
+        lines += [f"Left out (closeness but no endpoint: a level is never reached): {len(left)} runs, "
+                  f"{', '.join(left)}."]
+    return lines + [""]
 
 
 def render_study(report: dict, out: Path, md_path: Path) -> str:
