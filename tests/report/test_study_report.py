@@ -127,6 +127,7 @@ def test_report_regenerates_identically_and_says_the_verdict(tmp_path):
     assert pilot["closeness"]["pair_barrier"] == 0.0
     assert "pair_excess: the same height at the interior points, signed" in md
     assert "Caveat: lr* is the smallest learning rate of the grid" in md
+    assert "it is prepared and has not run (no GPU was available)." in md
     # cost: tokens per run (design) / 100 tokens/s; 2 pilot + 17 final runs on 2 cores
     tokens = STEPS * 4 * 8 * 128
     assert (f"Size and cost: 1,234 parameters, vocabulary 512, {tokens:,} tokens per run, so one run "

@@ -189,12 +189,22 @@ def _regression_lines(report: dict) -> list[str]:
     return lines + [""]
 
 
+def _gpu_tier_line(md_path: Path) -> str:
+    """Where the GPU tier stands: its summaries beside this doc (``gpu-study/runs``) or not."""
+    ran = (md_path.parent / "gpu-study" / "runs" / "design.json").exists()
+    return ("GPU tier: `bash scripts/gpu_study.sh` (design `gpu-130m`: this protocol at 130m, 4 seeds "
+            "per primary arm, about 8 minutes of one H200) writes the same summaries; "
+            + ("they are under `gpu-study/runs`, its report in `gpu-study.md`." if ran else
+               "it is prepared and has not run (no GPU was available)."))
+
+
 def render_study(report: dict, out: Path, md_path: Path) -> str:
     rel = os.path.relpath(out, md_path.parent)
     n = {a: sum(1 for r in report["runs"] if r["phase"] == "final" and r["arm"] == a) for a in report["arms"]}
     lines = ["# CPU study: does Nexus generalize better at the same loss?", "",
              f"Generated from the per-run summaries by `{REGENERATE}`; the runs by `{RUN}` "
              "(resumable: rerunning continues the design's seeds). Do not edit by hand.", "",
+             _gpu_tier_line(md_path), "",
              "## Verdict", "", *verdict_lines(report), "",
              f"Final runs per arm: {', '.join(f'{a} {k}' for a, k in n.items())}; pilot runs: "
              f"{sum(1 for r in report['runs'] if r['phase'] == 'pilot')}.", "",
