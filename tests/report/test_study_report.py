@@ -15,7 +15,7 @@ from scipy import stats
 from nexus_optim.experiments.design import StudyDesign
 from nexus_optim.report.paired import holm, min_detectable_difference
 from nexus_optim.report.study import endpoint, fixed_effects_slope, levels_at, study_report
-from nexus_optim.report.study_render import grid_edge
+from nexus_optim.report.study_render import _excludes, grid_edge
 
 STEPS = 10
 LEVELS = [3.5, 3.2]
@@ -128,11 +128,17 @@ def test_report_regenerates_identically_and_says_the_verdict(tmp_path):
     assert "pair_excess: the same height at the interior points, signed" in md
     assert "Caveat: lr* is the smallest learning rate of the grid" in md
     assert "it is prepared and has not run (no GPU was available)." in md
+    assert "Only the primary measure is declared; the other rows are exploratory, p uncorrected (Holm" in md
     # cost: tokens per run (design) / 100 tokens/s; 2 pilot + 17 final runs on 2 cores
     tokens = STEPS * 4 * 8 * 128
     assert (f"Size and cost: 1,234 parameters, vocabulary 512, {tokens:,} tokens per run, so one run "
             f"trains in about {tokens / 100 / 60:.1f} min") in md
     assert f"the 2 pilot and 17 final runs here are about {tokens / 100 / 60 * 19 / 2:.0f} min" in md
+
+
+def test_the_verdict_says_when_the_ci_excludes_the_papers_effect():
+    assert "excludes an OOD improvement as large as the paper's 0.012" in _excludes({"ci_low": -0.0095}, 0.012)
+    assert _excludes({"ci_low": -0.0125}, 0.012) == ""
 
 
 def test_grid_edge():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from nexus_optim.report.paired import holm
 from nexus_optim.report.stats import fmt
 
 REGENERATE = ("nexus study --tier report --summaries docs/results/cpu-study/runs "
@@ -15,6 +16,14 @@ RUN = ("nexus study --tier final --out runs/study --summaries docs/results/cpu-s
 
 def _ci(r: dict, d: int = 4) -> str:
     return f"{r['diff']:+.{d}f} [{r['ci_low']:+.{d}f}, {r['ci_high']:+.{d}f}]"
+
+
+def _excludes(r: dict, paper: float) -> str:
+    """A verdict clause when the CI rules out an improvement as large as the paper's."""
+    if r["ci_low"] > -paper:
+        return (f"; the 95% CI excludes an OOD improvement as large as the paper's {paper:g} "
+                f"(its lower end is {r['ci_low']:+.4f}), at this scale")
+    return ""
 
 
 def verdict_lines(report: dict) -> list[str]:
@@ -34,7 +43,7 @@ def verdict_lines(report: dict) -> list[str]:
             out.append(f"- **{name}**: no detectable difference: {_ci(r)} nats, Holm p = {r['p_holm']:.3g}, "
                        f"n = {r['n']} seeds; the minimum detectable difference at 80% power is {mde} nats, "
                        f"{reach} the paper's {paper:g} (about {r.get('seeds_for_paper_effect') or 'n/a'} paired "
-                       f"seeds would detect {paper:g} at this sd).")
+                       f"seeds would detect {paper:g} at this sd)" + _excludes(r, paper) + ".")
     reg = (report.get("regression") or {}).get("cross_loss_gap")
     if reg and "slope" in reg:
         sig = "predicts" if reg["p"] < 0.05 else "does not detectably predict"
@@ -181,12 +190,19 @@ def _regression_lines(report: dict) -> list[str]:
                          f"{r['slope_per_sd']:+.4g} | {r['p']:.3g} |")
         else:
             lines.append(f"| {key}{tag} | {r['n']} | {r['note']} | | |")
-    lines += ["", "Endpoint = mean val/ood at the two levels; slope in nats of OOD per unit of the measure."]
+    lines += ["", "Endpoint = mean val/ood at the two levels; slope in nats of OOD per unit of the measure. "
+              "Only the primary measure is declared; the other rows are exploratory, p uncorrected "
+              "(Holm over the fitted rows: "
+              + ", ".join(f"{k} {p:.3g}" for k, p in _holm_rows(report).items()) + ")."]
     left = next((r.get("left_out") or [] for r in (report.get("regression") or {}).values() if r.get("primary")), [])
     if left:
         lines += [f"Left out (closeness but no endpoint: a level is never reached): {len(left)} runs, "
                   f"{', '.join(left)}."]
     return lines + [""]
+
+
+def _holm_rows(report: dict) -> dict:
+    return holm({k: r["p"] for k, r in (report.get("regression") or {}).items() if "p" in r})
 
 
 def _gpu_tier_line(md_path: Path) -> str:
