@@ -165,9 +165,9 @@ AMENDMENTS = (
     "The target is fixed here and does not depend on any result; the primary analysis uses every "
     "final seed that finished; secondary seeds, selection, endpoint and family are unchanged",
     "2026-12-02 03:18 UTC (recorded here at 04:52), after the closeness of 24 final runs was seen "
-    "(pair_barrier 0 in every one): pair_excess, the signed height of the val/id line between two source minima above its "
-    "chord, added as an exploratory closeness measure (post hoc; not the primary measure, not in "
-    "the family); the report also Holm-adjusts the regression rows",
+    "(pair_barrier 0 in every one): pair_excess, the signed height of the val/id line between two "
+    "source minima above its chord, added as an exploratory closeness measure (post hoc; not the "
+    "primary measure, not in the family); the report also Holm-adjusts the regression rows",
 )
 
 ENDPOINT = ("mean val/ood at the two in-distribution levels (the same seed's AdamW val/id at "

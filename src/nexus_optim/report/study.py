@@ -314,11 +314,9 @@ def _throughput(runs: list[StudyRun]) -> float | None:
 def _n_params(runs: list[StudyRun]) -> int | None:
     """The model's parameter count, from the first closeness record that has it."""
     for r in runs:
-        f = r.run.path / "geometry.json"
-        if f.exists():
-            n = (json.loads(f.read_text()).get("closeness") or {}).get("n_params")
-            if isinstance(n, int):
-                return n
+        n = ((r.run.geometry or {}).get("closeness") or {}).get("n_params")
+        if isinstance(n, int):
+            return n
     return None
 
 
