@@ -79,7 +79,7 @@ def assert_close(got, want, path: str) -> None:
         assert isinstance(got, list) and len(got) == len(want), f"{path}: length"
         for i, (g, w) in enumerate(zip(got, want)):
             assert_close(g, w, f"{path}[{i}]")
-    elif isinstance(want, float) and not isinstance(want, bool):
+    elif isinstance(want, float):
         assert got == pytest.approx(want, rel=REL, abs=ABS), f"{path}: {got} != {want}"
     else:
         assert got == want, f"{path}: {got!r} != {want!r}"

@@ -14,6 +14,11 @@ RUN = ("nexus study --tier final --out runs/study --summaries docs/results/cpu-s
        "--report-out docs/results/cpu-study --report-md docs/results/cpu-study.md")
 
 
+def tokens_per_run(d: dict) -> int:
+    """Training tokens of one run of a design (``design.json``): steps x K x micro-batch x seq_len."""
+    return d["steps"] * d["inner_steps"] * d["micro_batch_size"] * d["seq_len"]
+
+
 def _ci(r: dict, d: int = 4) -> str:
     return f"{r['diff']:+.{d}f} [{r['ci_low']:+.{d}f}, {r['ci_high']:+.{d}f}]"
 
@@ -59,7 +64,7 @@ def _design_lines(report: dict) -> list[str]:
              f"- Model: `{d['preset']}` with {d['model_overrides']}, vocabulary {d['vocab_size']}, "
              f"seq_len {d['seq_len']}; {d['steps']} outer steps x K = {d['inner_steps']} x "
              f"{d['micro_batch_size']} x {d['seq_len']} = "
-             f"{d['steps'] * d['inner_steps'] * d['micro_batch_size'] * d['seq_len']:,} tokens per run; "
+             f"{tokens_per_run(d):,} tokens per run; "
              f"cosine schedule, warmup {d['warmup_steps']}, final lr ratio {d['min_lr_ratio']}.",
              f"- Evaluation every {d['eval_every']} outer steps ({100 * d['eval_every'] / d['steps']:g}% of "
              f"training), {d['eval_tokens']:,} tokens per source; full validation sets at the end; "
@@ -126,7 +131,7 @@ def _standing_lines(report: dict) -> list[str]:
 def _cost_line(report: dict, tps: float) -> str:
     """The size choice and its cost, estimated from the measured throughput."""
     d = report["design"]
-    tokens = d["steps"] * d["inner_steps"] * d["micro_batch_size"] * d["seq_len"]
+    tokens = tokens_per_run(d)
     n_runs = {ph: sum(r["phase"] == ph for r in report["runs"]) for ph in ("pilot", "final")}
     per_run = tokens / tps / 60
     size = f"{report['n_params']:,} parameters, " if report.get("n_params") else ""
