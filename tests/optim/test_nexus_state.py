@@ -219,6 +219,68 @@ def test_loads_the_0_1_format_and_continues():
         torch.testing.assert_close(p.detach(), q, rtol=0, atol=1e-6)
 
 
+V0_2 = torch.load(Path(__file__).parent / "data" / "nexus_v0_2_state.pt", weights_only=True)
+V0_2_NAN_AT = 2  # as in data/make_nexus_v0_2_state.py
+
+
+def _v0_2_model_and_opt(kwargs):
+    kwargs = dict(kwargs)
+    if "outer" in kwargs:
+        kwargs["outer"] = getattr(torch.optim, kwargs["outer"])
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    return model, Nexus(model.parameters(), **kwargs)
+
+
+def _v0_2_micro(model, opt, i):
+    g = torch.Generator().manual_seed(i)
+    x, y = torch.randn(5, 3, generator=g), torch.randn(5, 2, generator=g)
+    if i == V0_2_NAN_AT:
+        y[0, 0] = float("nan")
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    opt.step()
+    opt.zero_grad()
+
+
+@pytest.mark.filterwarnings("ignore:Nexus. 1 of")
+@pytest.mark.parametrize("case", sorted(k for k in V0_2 if k != "about"))
+def test_loads_the_0_2_format_and_continues(case):
+    """tests/optim/data/nexus_v0_2_state.pt was written by main at 05c8e4e (0.2, before
+    the loop-state redesign): mid-loop state dicts (one with a skipped NaN micro-batch,
+    one in random mode, one saved in eval mode with SGD momentum) and the weights those
+    runs reached. Loaded here, the state dict comes back out unchanged (a copy of the
+    stored tensors: exact), and the run continues to the stored weights (stored numbers,
+    written by another process: at 1e-6; the same code on the same platform gives 0)
+    and to the same counters, exactly like an uninterrupted run of this code."""
+    old = V0_2[case]
+    model, opt = _v0_2_model_and_opt(old["kwargs"])
+    model.load_state_dict(old["model"])
+    opt.load_state_dict(copy.deepcopy(old["opt"]))
+    again = opt.state_dict()
+    assert sorted(again["state"]) == sorted(old["opt"]["state"])
+    for i, (p, entry) in enumerate(zip(model.parameters(), old["opt"]["state"].values())):
+        entry = dict(entry)
+        if "nexus_probe" in entry:  # saved in eval mode: loading puts the probe back
+            assert torch.equal(p.detach(), entry.pop("nexus_probe")), (case, i)
+        assert sorted(again["state"][i]) == sorted(entry), (case, i)
+        for key, value in entry.items():
+            have = again["state"][i][key]
+            if key == "nexus_counters":  # slot 8 counted step() calls in 0.2; never read
+                value, have = torch.cat([value[:8], value[9:]]), torch.cat([have[:8], have[9:]])
+            assert torch.equal(torch.as_tensor(have), torch.as_tensor(value)), (case, i, key)
+    assert again["param_groups"] == old["opt"]["param_groups"]
+    for i in range(old["at"], old["total"]):
+        _v0_2_micro(model, opt, i)
+    for p, q in zip(model.parameters(), old["final"]):
+        torch.testing.assert_close(p.detach(), q, rtol=0, atol=1e-6)
+    assert [opt.outer_steps, opt.inner_step, opt.skipped_micro_batches] == old["final_counters"]
+    ref, ref_opt = _v0_2_model_and_opt(old["kwargs"])  # uninterrupted, this code
+    for i in range(old["total"]):
+        _v0_2_micro(ref, ref_opt, i)
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=1e-6)
+
+
 # ------------------------------------------------------------------------- DCP
 @pytest.mark.parametrize("flatten", [False, True])
 @pytest.mark.parametrize("mode", ["global", "random"])
