@@ -132,3 +132,38 @@ def test_pilot_extends_the_gamma_grid_when_none_is_within_tolerance(tmp_path):
     sel = st.pilot()
     assert sel["gamma"] == 0.03 and "grid extended by [0.03, 0.01]" in sel["gamma_rule"]
     assert "pilot/nexus_g0.01_s1000" in sel["pilot_runs"]
+
+
+def _fake_run(run_dir, steps, final_id):
+    """A finished run directory as `nexus train` leaves it (the files a summary copies)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"train": {"seed": 0}}))
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _curve(final_id, steps)))
+
+
+def test_summaries_are_written_once_and_a_retrain_is_refused(tmp_path):
+    """A summary only gains missing files; a changed file (a retrain) or a summarized run whose
+    run directory is gone is refused instead of overwriting what is committed."""
+    import nexus_optim.experiments.study as study_mod
+
+    st = Study(tmp_path / "runs", tmp_path / "summ", design=StudyDesign(**SMALL))
+    spec = st.pilot_lr_runs()[0]
+    run_dir = tmp_path / "runs" / spec.name
+    _fake_run(run_dir, SMALL["steps"], 3.0)
+    st._summarize(spec)  # after training (pilot selection reads it)
+    dst = tmp_path / "summ" / spec.name
+    first = (dst / "metrics.jsonl").read_bytes()
+    (run_dir / "final_eval.json").write_text("{}")
+    st._summarize(spec)  # the post-processing adds a file; the others are identical
+    assert (dst / "final_eval.json").exists() and (dst / "metrics.jsonl").read_bytes() == first
+    _fake_run(run_dir, SMALL["steps"], 3.1)  # a retrain with other numbers
+    with pytest.raises(study_mod.SummaryExists, match="metrics.jsonl differ.*written once"):
+        st._summarize(spec)
+    assert (dst / "metrics.jsonl").read_bytes() == first
+    assert not [p for p in dst.parent.iterdir() if p.name.startswith(".tmp-")]
+    # a summarized run whose run directory is gone would be retrained: refused before training
+    (dst / "geometry.json").unlink(missing_ok=True)
+    import shutil
+    shutil.rmtree(run_dir)
+    with pytest.raises(study_mod.SummaryExists, match="is not finished"):
+        st._job(spec, post=True)

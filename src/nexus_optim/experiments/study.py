@@ -11,16 +11,22 @@ Every run is a single-threaded ``nexus train`` subprocess (``workers`` at a time
 validation sets (``final_eval.json``) and the fixed-protocol closeness (``geometry.json``),
 and a small summary (config, metrics.jsonl, final_eval.json, geometry.json, run.json; no
 checkpoints) is copied to ``summaries/<phase>/<name>``. Finished summaries are never redone,
-so adding seeds extends the study. ``design.json`` is written before the first run and must
+so adding seeds extends the study. Summaries are written once (``Study._summarize``): a file
+already there is never replaced (a summary only gains missing files, identical ones are
+fine), and a summarized run whose run directory is gone is refused rather than retrained;
+a rerun goes to a new ``--summaries`` directory. ``design.json`` is written before the first run and must
 not change between invocations (refused otherwise), except that a design may extend its seed
 lists and amendments (``design.EXTENSIBLE``: the declared values stay a prefix).
 """
 
 from __future__ import annotations
 
+import contextlib
+import filecmp
 import json
 import os
 import shutil
+import tempfile
 import subprocess
 import sys
 import time
@@ -35,6 +41,22 @@ from nexus_optim.report.study import levels_at, study_report
 from nexus_optim.runtime import write_json
 
 FIRST_PRIMARY, FIRST_SECONDARY = 4, 2  # final_runs: the order runs start in
+
+
+class SummaryExists(RuntimeError):
+    """A committed per-run summary would be overwritten (summaries are written once)."""
+
+
+@contextlib.contextmanager
+def tempfile_dir(dst: Path):
+    """A fresh temporary directory beside ``dst`` (same filesystem, so renames are atomic),
+    removed afterwards if it still exists."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{dst.name}-", dir=dst.parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 SUMMARY_FILES = ("config.yaml", "metrics.jsonl", "prepared.json", "final_eval.json", "geometry.json")
 
 
@@ -163,16 +185,38 @@ class Study:
         self._summarize(spec)
 
     def _summarize(self, spec: RunSpec) -> None:
+        """Write the run's summary once: a new summary directory is written whole (a temporary
+        directory renamed into place); an existing one only gains the files it lacks (the
+        post-processing of a run summarized after training), each written atomically, and
+        every file it already has must be byte-identical to the run's, else `SummaryExists`:
+        nothing committed is ever overwritten, so every table regenerates from git."""
         src, dst = self.out / spec.name, self.summaries / spec.name
-        tmp = dst.with_name(f".tmp-{dst.name}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for f in SUMMARY_FILES:
-            if (src / f).exists():
-                shutil.copy2(src / f, tmp / f)
-        write_json(tmp / "run.json", spec.info(), indent=2)
-        shutil.rmtree(dst, ignore_errors=True)
-        tmp.rename(dst)
+        with tempfile_dir(dst) as tmp:
+            for f in SUMMARY_FILES:
+                if (src / f).exists():
+                    shutil.copy2(src / f, tmp / f)
+            write_json(tmp / "run.json", spec.info(), indent=2)
+            if not dst.exists():
+                tmp.rename(dst)
+                return
+            new = sorted(p.name for p in tmp.iterdir())
+            differ = [f for f in new if (dst / f).exists() and not filecmp.cmp(tmp / f, dst / f, shallow=False)]
+            if differ:
+                raise SummaryExists(f"study: {dst} already holds a summary whose {', '.join(differ)} differ(s) from "
+                                    f"{src}'s (a retrain?); summaries are written once: rerun into a new "
+                                    f"--summaries directory")
+            for f in new:
+                if not (dst / f).exists():
+                    os.replace(tmp / f, dst / f)
+
+    def _check_not_retraining(self, spec: RunSpec) -> None:
+        """A run whose summary holds a training record but whose run directory is not finished
+        would be trained again and its new numbers would replace the committed ones: refused."""
+        dst, run_dir = self.summaries / spec.name, self.out / spec.name
+        if (dst / "metrics.jsonl").exists() and not finished(run_dir, self.design.steps):
+            raise SummaryExists(f"study: {dst} holds the summary of a finished training but {run_dir} is not "
+                                f"finished (deleted or moved?); its post-processing needs that run: restore it, "
+                                f"or rerun into a new --summaries directory (summaries are written once)")
 
     def summarized(self, spec: RunSpec, post: bool = True) -> bool:
         dst = self.summaries / spec.name
@@ -184,6 +228,7 @@ class Study:
             return True
         if self.deadline and time.time() > self.deadline:
             return False
+        self._check_not_retraining(spec)
         ok = self._train(spec)
         if ok and post:
             self._post(spec)

@@ -57,13 +57,29 @@ class StudyRun:
     declared: dict | None = None  # the same at the pilot levels for every run
 
 
+BPB_KEYS = ("bpb/id", "bpb/ood")  # the full-validation bits/byte kept beside every val/ loss
+
+
 def _final_losses(path: Path) -> dict:
     f = path / "final_eval.json"
     if not f.exists():
         return {}
     losses = json.loads(f.read_text()).get("losses", {})
     summ = losses.get("summary", losses)
-    return {k: v for k, v in summ.items() if k.startswith("val/") and is_num(v)}
+    return {k: v for k, v in summ.items() if (k.startswith("val/") or k in BPB_KEYS) and is_num(v)}
+
+
+def ood_bytes_per_token(prepared: dict | None) -> dict[str, float]:
+    """OOD source -> UTF-8 bytes per val token (``prepared.json``: ``val_bytes / val_tokens`` of
+    the whole val split, ``PreparedData.bytes_per_token``); {} without a prepared record."""
+    p = prepared or {}
+    vb, vt, roles = p.get("val_bytes") or {}, p.get("val_tokens") or {}, p.get("roles") or {}
+    return {s: vb[s] / vt[s] for s, r in roles.items() if r == "ood" and vt.get(s) and vb.get(s)}
+
+
+def to_bits_per_byte(nats_per_token: float, bytes_per_token: float) -> float:
+    """nats/token -> bits/byte."""
+    return nats_per_token / (math.log(2) * bytes_per_token)
 
 
 def _offdiag_mean(m: list[list[float]]) -> float | None:
@@ -93,16 +109,26 @@ def closeness_numbers(geo: dict | None) -> dict:
     return {k: float(v) for k, v in out.items() if is_num(v)}
 
 
-def endpoint(curve: list[dict], levels: list[float] | None, steps: int) -> dict:
+def endpoint(curve: list[dict], levels: list[float] | None, steps: int,
+             bytes_per_token: dict[str, float] | None = None) -> dict:
     """OOD at the crossing of each in-distribution level; ``value`` their mean (None if a
-    level is never reached or there are no levels)."""
-    ood, frac = [], []
+    level is never reached or there are no levels). With ``bytes_per_token`` (OOD source ->
+    bytes/token, ``ood_bytes_per_token``) also ``value_bpb``: the same in bits/byte, each OOD
+    source's nats/token at the crossing over ln 2 times its bytes/token, averaged over the
+    sources as ``val/ood`` is (the eval reads the first ``eval_tokens`` of each source, the
+    ratio is the whole split's, so this is a conversion, not a byte-exact measurement)."""
+    ood, frac, bpb = [], [], []
     for level in levels or []:
         hit = crossing(curve, "val/id", level)
         ood.append(hit.get("val/ood") if hit else None)
         frac.append(hit["step"] / steps if hit and is_num(hit.get("step")) else None)
+        per = [to_bits_per_byte(hit[f"val/{s}"], b) for s, b in (bytes_per_token or {}).items()
+               if hit and is_num(hit.get(f"val/{s}"))]
+        bpb.append(float(np.mean(per)) if per and len(per) == len(bytes_per_token) else None)
     ok = bool(ood) and all(is_num(x) for x in ood)
-    return {"levels": levels, "ood": ood, "fraction": frac, "value": float(np.mean(ood)) if ok else None}
+    ok_b = ok and all(is_num(x) for x in bpb)
+    return {"levels": levels, "ood": ood, "fraction": frac, "value": float(np.mean(ood)) if ok else None,
+            "value_bpb": float(np.mean(bpb)) if ok_b else None}
 
 
 def levels_at(curve: list[dict], fractions: list[float]) -> list[float] | None:
@@ -126,8 +152,9 @@ def assign_endpoints(runs: list[StudyRun], sel: dict, steps: int) -> None:
     per_seed = seed_levels(runs, sel["level_fractions"])
     for r in runs:
         own = per_seed.get(r.seed) if r.phase == "final" else sel["levels"]
-        r.endpoint = endpoint(r.run.curve, own, steps)
-        r.declared = endpoint(r.run.curve, sel["levels"], steps)
+        bpt = ood_bytes_per_token(r.run.prepared)
+        r.endpoint = endpoint(r.run.curve, own, steps, bpt)
+        r.declared = endpoint(r.run.curve, sel["levels"], steps, bpt)
 
 
 def load_summaries(root: str | Path) -> list[StudyRun]:
@@ -178,9 +205,14 @@ def primary(runs: list[StudyRun], design: dict) -> dict:
         if len(common) >= 2:
             pairs[name] = ({s: xa[s] for s in common}, {s: xb[s] for s in common})
     fam = paired_family(pairs, design["confidence"]) if pairs else {}
-    return {name: ({**_with_power(fam[name], design), **counts[name]} if name in fam
-                   else {"n": len(counts[name]["seeds"]), "note": "fewer than 2 paired seeds", **counts[name]})
-            for name in design["family"]}
+    out = {name: ({**_with_power(fam[name], design), **counts[name]} if name in fam
+                  else {"n": len(counts[name]["seeds"]), "note": "fewer than 2 paired seeds", **counts[name]})
+           for name in design["family"]}
+    for name, r in out.items():  # the same comparison in bits/byte (not a second test of the family)
+        a, b = (s.strip() for s in name.split(" - "))
+        if "diff" in r:
+            r["bpb"] = _paired(runs, a, b, lambda x: x.endpoint.get("value_bpb"), design)
+    return out
 
 
 def _missing(runs: list[StudyRun], arms) -> list[str]:
@@ -208,6 +240,7 @@ def exploratory(runs: list[StudyRun], design: dict, arms: list[str]) -> dict:
     metrics.update({f"end {k} (full val)": (lambda r, k=k: r.final.get(k)) for k in finals})
     metrics.update({f"closeness {k}": (lambda r, k=k: r.closeness.get(k)) for k in CLOSENESS_KEYS})
     metrics["end geom/grad_sim"] = lambda r: (r.run.curve[-1].get("geom/grad_sim") if r.run.curve else None)
+    metrics["mean geom/grad_sim over training"] = lambda r: mean_over_training(r, "geom/grad_sim")
     family = set(design["family"])
     comps = [(a, "adamw") for a in arms if a != "adamw"] + [("nexus", a) for a in arms if a not in ("adamw", "nexus")]
     out = {}
@@ -219,6 +252,92 @@ def exploratory(runs: list[StudyRun], design: dict, arms: list[str]) -> dict:
             res = _paired(runs, a, b, fn, design)
             if res is not None:
                 out.setdefault(name, {})[m] = res
+    return out
+
+
+def mean_over_training(r: StudyRun, key: str) -> float | None:
+    """The mean of ``key`` over a run's evaluations (None when it has none)."""
+    xs = [float(p[key]) for p in r.run.curve if is_num(p.get(key))]
+    return float(np.mean(xs)) if xs else None
+
+
+# ------------------------------------------------------------------- what it can say
+def _corr(runs: list[StudyRun], a: str, b: str, value) -> dict | None:
+    """Pearson correlation over seeds of two arms' values (how much a pairing by seed shares)."""
+    xa, xb = by_seed(runs, a, value), by_seed(runs, b, value)
+    common = sorted(set(xa) & set(xb))
+    if len(common) < 3:
+        return None
+    return {"r": float(np.corrcoef([xa[s] for s in common], [xb[s] for s in common])[0, 1]), "n": len(common)}
+
+
+def scope(runs: list[StudyRun], design: dict, sel: dict, report: dict) -> dict:
+    """The numbers behind "what this study can and cannot say" (rendered in the doc):
+
+    mechanism   Nexus - AdamW on the mean between-source gradient cosine over training (paired),
+                the largest |Nexus - AdamW| of the per-arm closeness means, and the pilot's dose
+                response (each pilot setting's similarity and end val/id against the pilot AdamW
+                at lr*): was the treatment engaged at gamma*?
+    units       vocabulary and bytes per token of the validation splits (nats/token here; the
+                paper's 0.012 is in its own units)
+    post_hoc    per family comparison, the CI's lower end against the paper's effect (the
+                clause "the CI excludes the paper's effect" entered after the n = 20 result)
+    pairing     endpoint correlation over seeds of each arm with AdamW (a paired arm shares the
+                seed's data windows; ``train.sampling=mixed`` draws other windows)
+    random      sd over seeds of random - AdamW on the endpoint (a control that moves nothing)
+    selection   selection.json's pilot val/id against the committed pilot summaries' end val/id
+    tokens_per_param
+    """
+    fam = [tuple(s.strip() for s in n.split(" - ")) for n in design["family"]]
+    sim = lambda r: mean_over_training(r, "geom/grad_sim")  # noqa: E731
+    out: dict = {"gamma": sel.get("gamma"), "lr": sel.get("lr")}
+    res = _paired(runs, "nexus", "adamw", sim, design)
+    out["grad_sim_nexus_minus_adamw"] = res
+    per = report.get("per_arm") or {}
+    diffs = [abs(per["nexus"][k]["mean"] - per["adamw"][k]["mean"]) for k in per.get("nexus", {})
+             if k.startswith("closeness") and "adamw" in per and per["nexus"][k]["mean"] is not None
+             and per["adamw"][k]["mean"] is not None]
+    out["closeness_max_abs_diff"] = max(diffs) if diffs else None
+    pilot = [r for r in runs if r.phase == "pilot"]
+    base = [r for r in pilot if r.arm == "adamw" and r.setting.get("lr") == sel.get("lr")]
+    dose = []
+    if base:
+        b_sim = np.mean([sim(r) for r in base if is_num(sim(r))]) if any(is_num(sim(r)) for r in base) else None
+        b_id = np.mean([r.run.curve[-1]["val/id"] for r in base])
+        for r in pilot:
+            if r.arm != "adamw" and is_num(sim(r)) and b_sim is not None:
+                dose.append({"run": r.name, "gamma": r.setting.get("gamma"), "grad_sim_gain": float(sim(r) - b_sim),
+                             "val_id_cost": float(r.run.curve[-1]["val/id"] - b_id)})
+    out["pilot_dose"] = sorted(dose, key=lambda x: x["gamma"] if is_num(x["gamma"]) else 0.0)
+    out["post_hoc"] = {f"{a} - {b}": {"ci_low": r["ci_low"], "paper": design["paper_ood_effect"],
+                                      "margin": r["ci_low"] + design["paper_ood_effect"]}
+                       for (a, b), r in zip(fam, (report.get("primary") or {}).values()) if "ci_low" in r}
+    out["pairing"] = {a: _corr(runs, a, "adamw", lambda r: r.endpoint["value"])
+                      for a in report["arms"] if a != "adamw"}
+    rnd = _paired(runs, "random", "adamw", lambda r: r.endpoint["value"], design)
+    out["random_sd"] = rnd["sd"] if rnd else None
+    bpt = {}
+    for r in runs:
+        p = r.run.prepared or {}
+        for s_, role in (p.get("roles") or {}).items():
+            if (p.get("val_tokens") or {}).get(s_):
+                bpt.setdefault(role, {})[s_] = p["val_bytes"][s_] / p["val_tokens"][s_]
+        if bpt:
+            break
+    out["bytes_per_token"] = bpt
+    out["vocab_size"] = design.get("vocab_size")
+    n_params = report.get("n_params")
+    if n_params and "steps" in design:
+        from nexus_optim.report.study_render import tokens_per_run
+        out["tokens_per_param"] = tokens_per_run(design) / n_params
+    recorded = {**{("adamw", k): v for k, v in sel.get("pilot_val_id", {}).get("adamw_lr", {}).items()},
+                **{("nexus", k): v for k, v in sel.get("pilot_val_id", {}).get("nexus_gamma", {}).items()}}
+    drift = []
+    for r in pilot:
+        key = (r.arm, f"{r.setting.get('lr' if r.arm == 'adamw' else 'gamma'):g}") if r.setting else None
+        if key in recorded and r.run.curve and abs(r.run.curve[-1]["val/id"] - recorded[key]) > 1e-6:
+            drift.append({"run": r.name, "selection": recorded[key], "summary": r.run.curve[-1]["val/id"]})
+    out["selection_drift"] = drift
     return out
 
 
@@ -286,7 +405,8 @@ def _ngram(root: Path, runs: list[StudyRun]) -> dict:
 def arm_table(runs: list[StudyRun], arms: list[str]) -> dict:
     """Per arm (final runs): mean and sd of the endpoint, end val/id, val/ood and closeness."""
     vals = {"endpoint": lambda r: r.endpoint["value"], "end val/id": lambda r: r.final.get("val/id"),
-            "end val/ood": lambda r: r.final.get("val/ood"),
+            "end val/ood": lambda r: r.final.get("val/ood"), "end bpb/id": lambda r: r.final.get("bpb/id"),
+            "end bpb/ood": lambda r: r.final.get("bpb/ood"),
             **{f"closeness {k}": (lambda r, k=k: r.closeness.get(k)) for k in CLOSENESS_KEYS}}
     out = {}
     for arm in arms:
@@ -343,6 +463,7 @@ def study_report(summaries: str | Path, out: str | Path, markdown: str | Path | 
     if sel:
         report.update(primary=primary(runs, design), exploratory=exploratory(runs, design, arms),
                       regression=regression(runs, design["confidence"]), per_arm=arm_table(runs, arms))
+        report["scope"] = scope(runs, design, sel, report)
     out.mkdir(parents=True, exist_ok=True)
     report["plots"] = study_plots(runs, report, out) if sel else []
     md = Path(markdown) if markdown else out / "report.md"

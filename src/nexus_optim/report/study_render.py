@@ -23,12 +23,10 @@ def _ci(r: dict, d: int = 4) -> str:
     return f"{r['diff']:+.{d}f} [{r['ci_low']:+.{d}f}, {r['ci_high']:+.{d}f}]"
 
 
-def _excludes(r: dict, paper: float) -> str:
-    """A verdict clause when the CI rules out an improvement as large as the paper's."""
-    if r["ci_low"] > -paper:
-        return (f"; the 95% CI excludes an OOD improvement as large as the paper's {paper:g} "
-                f"(its lower end is {r['ci_low']:+.4f}), at this scale")
-    return ""
+def _bpb(r: dict) -> str:
+    """The same paired difference in bits/byte, when the summaries have the byte counts."""
+    b = r.get("bpb")
+    return f" ({_ci(b)} bits/byte)" if b else ""
 
 
 def verdict_lines(report: dict) -> list[str]:
@@ -41,14 +39,15 @@ def verdict_lines(report: dict) -> list[str]:
         mde = f"{r['mde']:.4f}" if r.get("mde") is not None else "n/a"
         if r["p_holm"] < 0.05:
             word = "lower (better)" if r["diff"] < 0 else "higher (worse)"
-            out.append(f"- **{name}**: OOD at matched ID is {word} for the first arm: {_ci(r)} nats, "
+            out.append(f"- **{name}**: OOD at matched ID is {word} for the first arm: {_ci(r)} nats/token{_bpb(r)}, "
                        f"Holm p = {r['p_holm']:.3g}, n = {r['n']} seeds.")
         else:
             reach = "smaller than" if r.get("mde") is not None and r["mde"] <= paper else "larger than"
-            out.append(f"- **{name}**: no detectable difference: {_ci(r)} nats, Holm p = {r['p_holm']:.3g}, "
-                       f"n = {r['n']} seeds; the minimum detectable difference at 80% power is {mde} nats, "
-                       f"{reach} the paper's {paper:g} (about {r.get('seeds_for_paper_effect') or 'n/a'} paired "
-                       f"seeds would detect {paper:g} at this sd)" + _excludes(r, paper) + ".")
+            out.append(f"- **{name}**: no detectable difference: {_ci(r)} nats/token{_bpb(r)}, Holm p = "
+                       f"{r['p_holm']:.3g}, n = {r['n']} seeds; the minimum detectable difference at 80% power "
+                       f"is {mde} nats/token, {reach} the paper's {paper:g} (about "
+                       f"{r.get('seeds_for_paper_effect') or 'n/a'} paired seeds would detect {paper:g} at this "
+                       f"sd; the paper's number is in its own units, see below).")
     reg = (report.get("regression") or {}).get("cross_loss_gap")
     if reg and "slope" in reg:
         sig = "predicts" if reg["p"] < 0.05 else "does not detectably predict"
@@ -56,6 +55,79 @@ def verdict_lines(report: dict) -> list[str]:
                    f"endpoint OOD: slope {reg['slope']:+.3g} [{reg['ci_low']:+.3g}, {reg['ci_high']:+.3g}] "
                    f"nats per nat, p = {reg['p']:.3g}, n = {reg['n']} runs.")
     return out
+
+
+def _scope_lines(report: dict) -> list[str]:
+    """What the study can and cannot say (``report/study.scope``), stated before any table."""
+    sc = report.get("scope")
+    if not sc:
+        return []
+    g = sc.get("gamma")
+    lines = ["## What this study can and cannot say", ""]
+    sim = sc.get("grad_sim_nexus_minus_adamw")
+    close = sc.get("closeness_max_abs_diff")
+    if sim:
+        engaged = sim["p"] < 0.05 and sim["diff"] > 0
+        word = ("raised" if engaged else "did not detectably raise")
+        lines.append(
+            f"- **Mechanism.** At the selected gamma* = {g:g}, Nexus {word} the between-source gradient cosine "
+            f"over training: Nexus - AdamW {_ci(sim)} (p = {sim['p']:.2g}, n = {sim['n']})"
+            + (f"; every closeness measure agrees with AdamW within {close:.3f}" if close is not None else "")
+            + (". The treatment did not engage the mechanism, so the null result below says nothing about "
+               "common minima; it says that Nexus at this gamma is AdamW in effect." if not engaged else "."))
+    dose = sc.get("pilot_dose") or []
+    if dose:
+        lines.append("- **Pilot dose response** (one seed, from the committed pilot summaries; gradient cosine "
+                     "averaged over training and end val/id, each minus the pilot AdamW at lr*): "
+                     + "; ".join(f"gamma {d['gamma']:g}: similarity {d['grad_sim_gain']:+.3f}, ID "
+                                 f"{d['val_id_cost']:+.3f} nats/token" for d in dose)
+                     + ". Selection kept the largest gamma within tolerance on ID loss alone.")
+    bpt, v = sc.get("bytes_per_token") or {}, sc.get("vocab_size")
+    if bpt:
+        rng = {role: (min(x.values()), max(x.values())) for role, x in bpt.items()}
+        lines.append(
+            f"- **Units.** Losses are nats/token at a {v}-token vocabulary: the validation splits have "
+            + ", ".join(f"{lo:.2f}-{hi:.2f} bytes/token ({'in-distribution' if role == 'train' else role})"
+                        for role, (lo, hi) in rng.items())
+            + ". Bits/byte are given beside them (nats/token / (ln 2 x bytes/token)). The paper's 0.012 is "
+            "an OOD loss difference at its own tokenizer and scale; it is a reference size, not a number "
+            "this study can be compared with.")
+    for name, ph in (sc.get("post_hoc") or {}).items():
+        lines.append(
+            f"- **Post hoc, not a declared test** ({name}): whether the 95% CI excludes an improvement as large "
+            f"as the paper's {ph['paper']:g} was never declared (in this study it entered the verdict after "
+            f"the n = 20 result was seen, and was taken out again); the lower end {ph['ci_low']:+.4f} "
+            f"{'clears' if ph['margin'] > 0 else 'does not clear'} -{ph['paper']:g} by {abs(ph['margin']):.4f} "
+            "nats/token, in units that are not the paper's.")
+    pair = sc.get("pairing") or {}
+    if pair.get("nexus-mixed"):
+        nx = pair.get("nexus") or {}
+        lines.append(
+            f"- **The mixed arm is not paired by data.** `train.sampling=mixed` draws other windows from the "
+            f"same seed, so nexus-mixed shares only the initialisation with the other arms: its endpoint "
+            f"correlates {pair['nexus-mixed']['r']:+.2f} with AdamW's over seeds"
+            + (f", against {nx['r']:+.2f} for Nexus" if nx else "")
+            + ". Its tests are paired by seed but not by windows, and there is no AdamW arm on the mixed "
+            "windows, so Nexus - nexus-mixed mixes the treatment with the data draw.")
+    if sc.get("random_sd") is not None:
+        lines.append(
+            f"- **The random control is inert at gamma* = {g:g}**: random - AdamW endpoint sd of the per-seed "
+            f"differences {sc['random_sd']:.4f} nats/token; a move of length {g:g} in a random direction "
+            "changes nothing measurable, so it controls nothing at this gamma.")
+    if sc.get("tokens_per_param"):
+        lines.append(f"- **Size.** {sc['tokens_per_param']:.1f} training tokens per parameter (under-trained; "
+                     "in-distribution loss still falls at the end), so the per-source fine-tunes of the "
+                     "closeness protocol are specialisations, not minima.")
+    drift = sc.get("selection_drift") or []
+    if drift:
+        worst = max(abs(d["summary"] - d["selection"]) for d in drift)
+        lines.append(
+            f"- **The Selection table does not regenerate from the committed pilot summaries**: {len(drift)} pilot "
+            f"summaries were overwritten by a later retrain (before summaries became write-once), differing "
+            f"from the val/id selection used by up to {worst:.3f} nats/token ("
+            + ", ".join(d["run"] for d in drift) + "). The table shows `selection.json`'s values, the ones "
+            "selection was made on.")
+    return lines + [""]
 
 
 def _design_lines(report: dict) -> list[str]:
@@ -109,12 +181,16 @@ def _standing_lines(report: dict) -> list[str]:
     if not ng:
         return ["## Where the models stand", "", (report.get("ngram") or {}).get("note", "no n-gram lines"), ""]
     lines = ["## Where the models stand (full validation sets at the end)", "",
-             "| | val/id | val/ood |", "|---|---|---|"]
+             "| | val/id (nats/token) | val/ood (nats/token) | id (bits/byte) | ood (bits/byte) |",
+             "|---|---|---|---|---|"]
     for order in ("unigram", "bigram"):
-        lines.append(f"| {order} (counts, train data) | {fmt(ng[order].get('val/id'))} | {fmt(ng[order].get('val/ood'))} |")
+        o = ng[order]
+        lines.append(f"| {order} (counts, train data) | {fmt(o.get('val/id'))} | {fmt(o.get('val/ood'))} | "
+                     f"{fmt(o.get('bpb/id'))} | {fmt(o.get('bpb/ood'))} |")
     for arm, m in per.items():
         lines.append(f"| {arm} (mean of {m['end val/id']['n']}) | {fmt(m['end val/id']['mean'])} | "
-                     f"{fmt(m['end val/ood']['mean'])} |")
+                     f"{fmt(m['end val/ood']['mean'])} | {fmt((m.get('end bpb/id') or {}).get('mean'))} | "
+                     f"{fmt((m.get('end bpb/ood') or {}).get('mean'))} |")
     adamw, big = (per.get("adamw") or {}).get("end val/id", {}).get("mean"), ng.get("bigram", {}).get("val/id")
     if adamw is not None and big is not None:
         ok = "meets" if big - adamw >= 0.3 else "misses"
@@ -144,16 +220,20 @@ def _cost_line(report: dict, tps: float) -> str:
 
 def _primary_lines(report: dict) -> list[str]:
     lines = ["## Primary endpoint (Holm over the family)", "",
-             "| comparison | n | mean diff [95% CI] | sd of diffs | p | Holm p | MDE (80%) | paper | seeds for 0.012 |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| comparison | n | mean diff [95% CI] (nats/token) | same in bits/byte | sd of diffs | p | Holm p | "
+             "MDE (80%) | paper | seeds for 0.012 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in (report.get("primary") or {}).items():
         if "diff" in r:
-            lines.append(f"| {name} | {r['n']} | {_ci(r)} | {fmt(r['sd'])} | {r['p']:.3g} | {r['p_holm']:.3g} | "
+            b = _ci(r["bpb"]) if r.get("bpb") else "n/a"
+            lines.append(f"| {name} | {r['n']} | {_ci(r)} | {b} | {fmt(r['sd'])} | {r['p']:.3g} | {r['p_holm']:.3g} | "
                          f"{fmt(r['mde'])} | -{r['paper_effect']:g} | {r.get('seeds_for_paper_effect') or 'n/a'} |")
         else:
-            lines.append(f"| {name} | {r['n']} | {r['note']} | | | | | | |")
+            lines.append(f"| {name} | {r['n']} | {r['note']} | | | | | | | |")
         if r.get("missing_endpoint"):
-            lines.append(f"| (runs that never reached a level: {', '.join(r['missing_endpoint'])}) ||||||||")
+            lines.append(f"| (runs that never reached a level: {', '.join(r['missing_endpoint'])}) |||||||||")
+    lines += ["", "The paper's column is a reference size in the paper's own units (its tokenizer and OOD "
+              "sets), not comparable to nats/token at this vocabulary; no test here is against it."]
     return lines + [""]
 
 
@@ -227,6 +307,7 @@ def render_study(report: dict, out: Path, md_path: Path) -> str:
              "(resumable: rerunning continues the design's seeds). Do not edit by hand.", "",
              _gpu_tier_line(md_path), "",
              "## Verdict", "", *verdict_lines(report), "",
+             *_scope_lines(report),
              f"Final runs per arm: {', '.join(f'{a} {k}' for a, k in n.items())}; pilot runs: "
              f"{sum(1 for r in report['runs'] if r['phase'] == 'pilot')}.", "",
              *_design_lines(report), *_standing_lines(report)]
