@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from nexus_optim.data.config import SourceConfig
-from nexus_optim.data.shards import CacheError, CacheWarning, digest_problem, file_digest, load_shard
+from nexus_optim.data.shards import (CacheError, CacheWarning, ShardSet, digest_files, digest_problem,
+                                     file_digest, load_shard, shard_file)
 from nexus_optim.data.text import stable_hash
 from nexus_optim.runtime import write_json
 
@@ -38,12 +39,17 @@ class PreparedData:
     tokenizer_sha256: str = ""  # of tokenizer.json (a dir tokenizer: of its files)
     checksums: dict[str, dict[str, str]] = field(default_factory=dict)  # source -> split -> shard sha256
     sources: list[str] = field(default_factory=list)  # source names in config order
+    # source -> split -> [[file name, tokens], ...] for a split written as several shards (the
+    # files sit next to shards[source][split], its first one); checksums[source][split] is then
+    # the sha256 of the whole token stream (all shards in order)
+    shard_sets: dict[str, dict[str, list]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # JSON written with sorted keys (prepared-*.json, a run's prepared.json) loses the
         # config's source order, which fixes eval and logging order: restore it from the list
         if self.sources and set(self.sources) == set(self.shards):
-            for name in ("shards", "roles", "weights", "val_bytes", "val_tokens", "train_tokens", "checksums"):
+            for name in ("shards", "roles", "weights", "val_bytes", "val_tokens", "train_tokens", "checksums",
+                         "shard_sets"):
                 d = getattr(self, name)
                 setattr(self, name, {s: d[s] for s in self.sources if s in d})
 
@@ -56,17 +62,44 @@ class PreparedData:
     def _tokens(self, source: str, split: str) -> int | None:
         return (self.val_tokens if split == "val" else self.train_tokens).get(source)
 
-    def load(self, source: str, split: str) -> np.ndarray:
-        """Token ids of one shard as a read-only memmap (documents separated by EOS).
-
-        The file's size is checked against the recorded token count (a shard cut after
-        ``prepare_data`` is a `CacheError` naming it); ``verify()`` checks the checksums."""
+    def shard_paths(self, source: str, split: str) -> list[tuple[str, int | None]]:
+        """(path, tokens) of each shard of a split, in order (one for most splits)."""
         try:
             path = self.shards[source][split]
         except KeyError:
             raise KeyError(f"no {split!r} shard for source {source!r}; have {self.shards.get(source, {})}") from None
+        entries = (self.shard_sets.get(source) or {}).get(split)
+        if not entries:
+            return [(path, self._tokens(source, split))]
+        out, folder = [], os.path.dirname(path)
+        for k, entry in enumerate(entries):
+            if (not isinstance(entry, (list, tuple)) or len(entry) != 2 or entry[0] != shard_file(split, k)
+                    or not isinstance(entry[1], int) or entry[1] < 0):
+                raise CacheError(f"shard_sets[{source!r}][{split!r}][{k}]: {entry!r} is not "
+                                 f"[{shard_file(split, k)!r}, tokens]")
+            out.append((os.path.join(folder, entry[0]), entry[1]))
+        if sum(n for _, n in out) != self._tokens(source, split):
+            raise CacheError(f"shard_sets[{source!r}][{split!r}]: the shards hold {sum(n for _, n in out)} "
+                             f"tokens, the split {self._tokens(source, split)}")
+        return out
+
+    def load(self, source: str, split: str) -> np.ndarray | ShardSet:
+        """Token ids of one split (documents separated by EOS): a read-only memmap, or a
+        `ShardSet` (the same, over several memmaps) for a split written as several shards.
+
+        Each file's size is checked against the recorded token count (a shard cut after
+        ``prepare_data`` is a `CacheError` naming it); ``verify()`` checks the checksums."""
+        parts = self.shard_paths(source, split)
+        if len(parts) > 1:
+            for p, n in parts:
+                self._check_size(p, n)
+            return ShardSet([p for p, _ in parts], [n for _, n in parts], self.dtype)
+        path, n = parts[0]
+        self._check_size(path, n)
+        return load_shard(path, np.dtype(self.dtype))
+
+    def _check_size(self, path: str, n: int | None) -> None:
         dtype = np.dtype(self.dtype)
-        n = self._tokens(source, split)
         if n is not None:
             try:
                 size = os.path.getsize(path)
@@ -76,7 +109,6 @@ class PreparedData:
             if size != n * dtype.itemsize:
                 raise CacheError(f"{path}: size {size} bytes, expected {n * dtype.itemsize} ({n} tokens): "
                                  f"the shard changed after prepare_data; run `nexus data prepare` again")
-        return load_shard(path, dtype)
 
     def verify(self) -> None:
         """Check every shard (and the tokenizer) against the recorded sha256; `CacheError` naming
@@ -86,7 +118,14 @@ class PreparedData:
                 want = self.checksums.get(source, {}).get(split)
                 if want:
                     n = self._tokens(source, split) or 0
-                    problem = digest_problem(path, {"size": n * np.dtype(self.dtype).itemsize, "sha256": want})
+                    parts = self.shard_paths(source, split)
+                    if len(parts) > 1:  # the checksum of the token stream: all shards in order
+                        for p, k in parts:
+                            self._check_size(p, k)
+                        problem = None if digest_files([p for p, _ in parts])["sha256"] == want else \
+                            "sha256 of the shard set does not match the recorded checksum"
+                    else:
+                        problem = digest_problem(path, {"size": n * np.dtype(self.dtype).itemsize, "sha256": want})
                     if problem:
                         raise CacheError(f"{path}: {problem}; run `nexus data prepare` again")
         if self.tokenizer_sha256 and _tokenizer_digest(self.tokenizer_path) != self.tokenizer_sha256:
@@ -134,10 +173,19 @@ class PreparedData:
 def read_docs(path: str | os.PathLike) -> list[str]:
     """The documents of a ``train.jsonl`` / ``val.jsonl``; a bad line is a ValueError naming
     the file and line."""
-    out = []
+    return list(iter_docs(path))
+
+
+def iter_docs(path: str | os.PathLike, start: int = 0, keep=None):
+    """`read_docs`, streamed: the documents from the ``start``-th on (earlier lines are
+    skipped unparsed), and only those whose index ``keep(i)`` accepts."""
     with open(path, "rb") as f:
+        n = 0
         for i, raw in enumerate(f, 1):
             if not raw.strip():
+                continue
+            n += 1
+            if n <= start or (keep is not None and not keep(n - 1)):
                 continue
             try:
                 doc = json.loads(raw.decode("utf-8"))
@@ -145,8 +193,7 @@ def read_docs(path: str | os.PathLike) -> list[str]:
                 raise ValueError(f"{path}:{i}: corrupt document line ({e})") from None
             if not isinstance(doc, str):
                 raise ValueError(f"{path}:{i}: corrupt document line (expected a JSON string)")
-            out.append(doc)
-    return out
+            yield doc
 
 
 def _read_meta(path: Path) -> dict | None:

@@ -1,16 +1,23 @@
-"""Token shards: documents -> one flat token file per (source, split), EOS after every document.
+"""Token shards: documents -> a *shard set* per (source, split), EOS after every document.
 
 A shard is a raw little-endian array (``.bin``, uint16 when the vocabulary fits, else uint32)
-read back with ``np.memmap``. Files are written to a temp name and renamed, so a shard that
-exists is complete. ``file_digest`` gives the (size, sha256) recorded in the cache's
-``meta.json`` files and checked on every load (``prepare_data``).
+read back with ``np.memmap``. A split is written as a set of shards, ``{split}.bin``,
+``{split}.1.bin``, ``{split}.2.bin``, ... (a new one starts at the first document boundary
+after ``shard_tokens`` tokens), so a split that fits one shard keeps the single-file layout.
+The set reads as one token array (`ShardSet`, memmaps, never read whole). Every shard is
+written to a temp name and renamed, so a shard that exists is complete; ``build_shard``
+reports each finished shard (tokens, documents, size, sha256) so that a killed preparation
+can keep them and redo only the rest. ``file_digest`` gives the (size, sha256) recorded in
+the cache's ``meta.json`` files and checked on every load (``prepare_data``); the checksum of
+a whole split is the sha256 of its token stream (all shards in order), whatever the sharding.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -80,36 +87,183 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size < 65536 else np.uint32)
 
 
-def build_shard(docs: Sequence[str], tokenizer, eos_id: int, out_path: str | os.PathLike,
-                dtype: np.dtype, batch_docs: int = 512) -> int:
-    """Tokenize ``docs`` (a ``tokenizers.Tokenizer`` or a transformers fast tokenizer) into ``out_path``.
+SHARD_TOKENS = 1 << 27  # tokens per shard file before the next one starts (256 MiB of uint16)
 
-    Returns the number of tokens written.
+
+def shard_file(split: str, k: int) -> str:
+    """File name of shard ``k`` of a split: ``train.bin``, ``train.1.bin``, ..."""
+    return f"{split}.bin" if k == 0 else f"{split}.{k}.bin"
+
+
+_SHARD_RE = re.compile(r"^(?P<split>[a-z]+)(\.(?P<k>[1-9][0-9]*))?\.bin$")
+
+
+def stale_shards(directory: str | os.PathLike, split: str, keep: int) -> list[Path]:
+    """Shard files of ``split`` in ``directory`` with index >= ``keep`` (left by an earlier,
+    longer build): what a finished build removes."""
+    out = []
+    for p in Path(directory).glob(f"{split}*.bin"):
+        m = _SHARD_RE.match(p.name)
+        if m and m["split"] == split and int(m["k"] or 0) >= keep:
+            out.append(p)
+    return sorted(out)
+
+
+def encode_docs(backend, docs: list[str], eos_id: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids of ``docs`` (the tokenizers batch API, multithreaded in Rust), EOS after each,
+    as ``dtype``; and each document's end offset (EOS included) in that array."""
+    encs = backend.encode_batch(docs, add_special_tokens=False)
+    ids = [e.ids for e in encs]
+    ends = np.cumsum([len(x) + 1 for x in ids], dtype=np.int64)
+    arr = np.empty(int(ends[-1]) if len(ends) else 0, dtype=np.int64)
+    pos = 0
+    for x, end in zip(ids, ends):
+        arr[pos:end - 1] = x
+        arr[end - 1] = eos_id
+        pos = end
+    limit = np.iinfo(dtype).max
+    if arr.size and int(arr.max()) > limit:
+        raise ValueError(f"token id {int(arr.max())} does not fit {np.dtype(dtype).name}")
+    return arr.astype(dtype), ends
+
+
+def build_shard(batches: Iterable[list[str]], tokenizer, eos_id: int, out_dir: str | os.PathLike,
+                split: str, dtype: np.dtype, shard_tokens: int = SHARD_TOKENS, kept: Sequence[dict] = (),
+                stream_hash=None, on_shard: Callable[[list[dict]], None] | None = None,
+                on_batch: Callable[[int, int], None] | None = None) -> tuple[list[dict], object]:
+    """Tokenize document batches (a ``tokenizers.Tokenizer`` or a transformers fast tokenizer)
+    into the shard set of ``split`` in ``out_dir``, after the already finished shards ``kept``.
+
+    Each finished shard is renamed into place and appended to the list passed to ``on_shard``
+    as ``{"file", "tokens", "docs", "size", "sha256"}``; ``stream_hash`` (a sha256 object that
+    has seen the kept shards) is updated with every byte. Returns (all shard entries, the
+    stream hash). ``on_batch(docs, tokens)`` reports progress.
     """
     backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + f".tmp{os.getpid()}")
-    n = 0
-    limit = np.iinfo(dtype).max
+    dtype = np.dtype(dtype)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entries = [dict(e) for e in kept]
+    stream = stream_hash if stream_hash is not None else hashlib.sha256()
+    state = {"f": None, "tmp": None, "h": None, "tokens": 0, "docs": 0}
+
+    def open_next():
+        k = len(entries)
+        state["tmp"] = out_dir / (shard_file(split, k) + f".tmp{os.getpid()}")
+        state["f"] = open(state["tmp"], "wb")
+        state["h"], state["tokens"], state["docs"] = hashlib.sha256(), 0, 0
+
+    def close_current():
+        state["f"].close()
+        name = shard_file(split, len(entries))
+        os.replace(state["tmp"], out_dir / name)
+        state["f"] = state["tmp"] = None
+        entries.append({"file": name, "tokens": state["tokens"], "docs": state["docs"],
+                        "size": state["tokens"] * dtype.itemsize, "sha256": state["h"].hexdigest()})
+        if on_shard is not None:
+            on_shard(entries)
+
     try:
-        with open(tmp, "wb") as f:
-            for i in range(0, len(docs), batch_docs):
-                encs = backend.encode_batch(list(docs[i:i + batch_docs]), add_special_tokens=False)
-                ids = []
-                for e in encs:
-                    ids.extend(e.ids)
-                    ids.append(eos_id)
-                arr = np.asarray(ids, dtype=np.int64)
-                if arr.size and arr.max() > limit:
-                    raise ValueError(f"token id {int(arr.max())} does not fit {dtype}")
-                arr.astype(dtype).tofile(f)
-                n += arr.size
-        os.replace(tmp, out_path)
+        for docs in batches:
+            if not docs:
+                continue
+            arr, ends = encode_docs(backend, docs, eos_id, dtype)
+            pos, d = 0, 0
+            while d < len(docs):
+                if state["f"] is None:
+                    open_next()
+                room = shard_tokens - state["tokens"]  # > 0: a full shard is closed at once
+                # documents d..j-1: up to the first one that fills the shard (at least one)
+                j = min(int(np.searchsorted(ends, pos + room, side="left")) + 1, len(docs))
+                chunk = arr[pos:ends[j - 1]]
+                b = chunk.tobytes()
+                state["f"].write(b)
+                state["h"].update(b)
+                stream.update(b)
+                state["tokens"] += chunk.size
+                state["docs"] += j - d
+                pos, d = int(ends[j - 1]), j
+                if state["tokens"] >= shard_tokens:
+                    close_current()
+            if on_batch is not None:
+                on_batch(len(docs), arr.size)
+        if state["f"] is not None or not entries:
+            if state["f"] is None:
+                open_next()
+            close_current()
     finally:
-        if tmp.exists():
-            tmp.unlink()
-    return n
+        if state["f"] is not None:
+            state["f"].close()
+        if state["tmp"] is not None and state["tmp"].exists():
+            state["tmp"].unlink()
+    return entries, stream
+
+
+class ShardSet:
+    """Several shard files read as one token array: ``len``, ``dtype``, slicing (only the
+    slice is read, through memmaps opened on first use) and ``np.asarray`` (reads it whole)."""
+
+    def __init__(self, paths: Sequence[str], tokens: Sequence[int], dtype):
+        self.paths, self.dtype = [str(p) for p in paths], np.dtype(dtype)
+        self.counts = np.asarray(tokens, dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.counts)])
+        self._maps: dict[int, np.ndarray] = {}
+        self.shape = (int(self.offsets[-1]),)
+        self.ndim = 1
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _map(self, k: int) -> np.ndarray:
+        if k not in self._maps:
+            self._maps[k] = load_shard(self.paths[k], self.dtype)
+        return self._maps[k]
+
+    def __getitem__(self, idx):
+        n = len(self)
+        if isinstance(idx, (int, np.integer)):
+            i = int(idx) + (n if idx < 0 else 0)
+            if not 0 <= i < n:
+                raise IndexError(f"index {idx} out of range for {n} tokens")
+            k = int(np.searchsorted(self.offsets, i, side="right")) - 1
+            return self._map(k)[i - self.offsets[k]]
+        if not isinstance(idx, slice):
+            raise TypeError(f"ShardSet indices are ints or slices, not {type(idx).__name__}")
+        start, stop, step = idx.indices(n)
+        if step != 1:
+            return np.asarray(self[start:stop])[::step] if stop > start else np.zeros(0, self.dtype)
+        if stop <= start:
+            return np.zeros(0, dtype=self.dtype)
+        k0 = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        k1 = int(np.searchsorted(self.offsets, stop - 1, side="right")) - 1
+        if k0 == k1:
+            o = self.offsets[k0]
+            return self._map(k0)[start - o:stop - o]
+        parts = [self._map(k)[max(start - self.offsets[k], 0):min(stop, self.offsets[k + 1]) - self.offsets[k]]
+                 for k in range(k0, k1 + 1)]
+        return np.concatenate(parts)
+
+    def __array__(self, dtype=None, copy=None):
+        arr = self[0:len(self)]
+        return np.asarray(arr, dtype=dtype) if dtype is not None else np.asarray(arr)
+
+    def tolist(self) -> list[int]:
+        return np.asarray(self).tolist()
+
+
+def digest_files(paths: Sequence[str | os.PathLike], chunk: int = 1 << 22) -> dict:
+    """``{"size", "sha256"}`` of the concatenation of ``paths`` (a split's token stream)."""
+    h = hashlib.sha256()
+    size = 0
+    for path in paths:
+        with open(path, "rb") as f:
+            while True:
+                b = f.read(chunk)
+                if not b:
+                    break
+                h.update(b)
+                size += len(b)
+    return {"size": size, "sha256": h.hexdigest()}
 
 
 def load_shard(path: str | os.PathLike, dtype: np.dtype) -> np.ndarray:

@@ -56,16 +56,23 @@ def _cut_long(p: str, limit: int) -> list[str]:
 
 def take_budget(docs: Sequence[str], budget: int | None, seed: int, salt: str = "") -> list[str]:
     """A deterministic random subset of ``docs`` with at most ~``budget`` chars, in original order."""
-    if budget is None or sum(len(d) for d in docs) <= budget:
-        return list(docs)
+    keep = budget_mask([len(d) for d in docs], budget, seed, salt)
+    return list(docs) if keep is None else [d for d, k in zip(docs, keep) if k]
+
+
+def budget_mask(lengths: Sequence[int], budget: int | None, seed: int, salt: str = "") -> np.ndarray | None:
+    """Which documents `take_budget` keeps, from their lengths alone (a streamed source reads
+    its lengths first): documents in a seeded random order until ``budget`` chars are
+    reached; None when everything fits."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if budget is None or int(lengths.sum()) <= budget:
+        return None
     rng = np.random.default_rng([seed, int(stable_hash(salt, 8), 16)])
-    chosen, total = [], 0
-    for i in rng.permutation(len(docs)):
-        if total >= budget:
-            break
-        chosen.append(int(i))
-        total += len(docs[i])
-    return [docs[i] for i in sorted(chosen)]
+    order = rng.permutation(len(lengths))
+    before = np.cumsum(lengths[order]) - lengths[order]  # chars taken before each pick
+    keep = np.zeros(len(lengths), dtype=bool)
+    keep[order[before < budget]] = True
+    return keep
 
 
 def take_files(files: Sequence[str], read, budget: int | None, seed: int, salt: str = "") -> list[str]:
