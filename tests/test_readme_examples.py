@@ -28,11 +28,9 @@ SHRINK: dict[str, list[tuple[str, str]]] = {
     "accelerate": [*_SMALL_DATA, ("Accelerator()", "Accelerator(cpu=True)")],
     "muon": [("(32, 8, 128)", "(8, 2, 32)"), ("max_seq_len=128", "max_seq_len=32"),
              ("vocab_size=4096", "vocab_size=256"), ("randint(0, 4096", "randint(0, 256")],
-    "plain": [("(256, 128)", "(64, 32)"), ("hidden_size=256, intermediate_size=688",
-                                             "hidden_size=32, intermediate_size=64"),
-              ("num_hidden_layers=4", "num_hidden_layers=1"),
-              ("max_position_embeddings=128", "max_position_embeddings=32"),
-              ("vocab_size=4096", "vocab_size=256"), ("randint(0, 4096", "randint(0, 256")],
+    "plain": [("(256, 128)", "(64, 32)"), ("dim=256, layers=4, max_seq_len=128)",
+                                             "dim=32, layers=1, max_seq_len=32)"),
+              ("TinyLM(vocab_size=4096", "TinyLM(vocab_size=256"), ("randint(0, 4096", "randint(0, 256")],
     # one rank, rendezvous through a file instead of torchrun's environment
     "fsdp2-dcp": [('dist.init_process_group("gloo")',
                    'dist.init_process_group("gloo", init_method="file://" + '

@@ -343,6 +343,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from nexus_optim.extras import require_extra
+
+    try:
+        require_extra("harness", "the nexus command")
+    except ImportError as e:
+        print(f"nexus: error: {e}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from nexus_optim.extras import require_extra
+
+require_extra("hf", "nexus_optim.integrations")  # transformers / accelerate: the [hf] extra
+
 _EXPORTS = {
     "NexusTrainer": "nexus_optim.integrations.hf_trainer",
     "nexus_optimizer_cls_and_kwargs": "nexus_optim.integrations.hf_trainer",
