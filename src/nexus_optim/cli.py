@@ -116,7 +116,7 @@ def cmd_compare(args) -> int:
 
 
 def _task_options(items: list[str]) -> dict:
-    import yaml
+    from nexus_optim.train.config import parse_yaml
 
     out: dict = {}
     for item in items:
@@ -124,7 +124,7 @@ def _task_options(items: list[str]) -> dict:
         task, dot, name = key.partition(".")
         if not sep or not dot or not task or not name:
             raise ValueError(f"--task-option {item!r}: expected TASK.KEY=VALUE, e.g. gsm.fewshot=3")
-        out.setdefault(task, {})[name] = yaml.safe_load(value)
+        out.setdefault(task, {})[name] = parse_yaml(value, f"--task-option {key}")
     return out
 
 

@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ROLES = ("train", "ood")
+#: data.vocab_size above this is refused: the BPE trainer reserves memory per requested
+#: entry (2**31 asked for 141 GB and aborted), and no tokenizer in use comes near it (the
+#: largest public ones have ~262k entries). Shards switch to uint32 at 65536.
+MAX_VOCAB = 1 << 20
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -89,12 +93,13 @@ class DataConfig:
         if not isinstance(vf, (int, float)) or not 0.0 < vf < 1.0:
             raise ValueError(f"data.val_fraction: {vf!r} must be a number in (0, 1)")
         vs = self.vocab_size
-        if not isinstance(vs, int) or isinstance(vs, bool) or not 260 <= vs <= 2**31:
-            raise ValueError(f"data.vocab_size: {vs!r} must be an integer >= 260")
+        if not isinstance(vs, int) or isinstance(vs, bool) or not 260 <= vs <= MAX_VOCAB:
+            raise ValueError(f"data.vocab_size: {vs!r} must be an integer in [260, {MAX_VOCAB}] "
+                             f"(256 bytes + specials; the BPE trainer's memory grows with it)")
         if self.tokenizer is not None and not isinstance(self.tokenizer, str):
             raise ValueError(f"data.tokenizer: expected a path or null, got {self.tokenizer!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ValueError(f"data.seed: {self.seed!r} must be an integer")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= 2**32 - 1:
+            raise ValueError(f"data.seed: {self.seed!r} must be an integer in [0, {2**32 - 1}]")
         if not isinstance(self.sources, list) or not self.sources:
             raise ValueError("data.sources: at least one source is required")
         seen: set[str] = set()

@@ -8,8 +8,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from nexus_optim.train.config import read_yaml
 from nexus_optim.train.logging import read_metrics
 from nexus_optim.train.rundir import GEOMETRY_FILE
 
@@ -118,7 +117,7 @@ def load_run(run_dir: str | Path) -> Run:
     p = Path(run_dir)
     if not (p / "config.yaml").is_file() or not (p / "metrics.jsonl").is_file():
         raise ValueError(f"compare: {str(p)!r} is not a run directory (needs config.yaml and metrics.jsonl)")
-    cfg = yaml.safe_load((p / "config.yaml").read_text()) or {}
+    cfg = read_yaml(p / "config.yaml", "compare") or {}  # limits; duplicate keys refused
     curve = eval_curve(read_metrics(p))
     if not curve:
         raise ValueError(f"compare: {str(p)!r} has no eval records in metrics.jsonl")

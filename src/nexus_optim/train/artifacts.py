@@ -3,7 +3,7 @@ weights and config, and the run's own prepared data.
 
 What is read (docs/reliability.md, "Safe loading"):
 
-* ``model.safetensors`` (safetensors: no code), ``config.yaml`` (``yaml.safe_load``),
+* ``model.safetensors`` (safetensors: no code), ``config.yaml`` (safe YAML with limits),
   ``meta.json`` (step, tokens) and ``prepared.json`` (the prepared data the run trained
   on: tokenizer and shard paths). Never ``optimizer.pt`` or ``trainer.pt``.
 * The data is the run's recorded prepared cache, or the same files under ``data_dir``
@@ -94,13 +94,13 @@ def _unchecked_data_config(d):
 def checkpoint_config(ckpt: str | Path, validate_data: bool = False, data_dir: str | None = None):
     """The Config of a checkpoint (``config.yaml``; safe YAML). Its data section is only
     validated (and ``data_dir`` substituted) with ``validate_data``."""
-    from nexus_optim.train.config import from_dict
+    from nexus_optim.train.config import from_dict, read_yaml
 
     f = Path(ckpt) / "config.yaml"
     try:
-        raw = yaml.safe_load(f.read_text())
-    except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"checkpoint: cannot read {str(f)!r} ({type(e).__name__})") from None
+        raw = read_yaml(f, "checkpoint")  # limits: size, depth, aliases; duplicate keys refused
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint: {e}") from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"checkpoint: {str(f)!r} does not hold a config mapping")
     try:

@@ -155,6 +155,66 @@ def _positive(where: str, value: Any, zero_ok: bool = False) -> None:
         raise ValueError(f"{where}: must be {'>= 0' if zero_ok else '> 0'}, got {value!r}")
 
 
+#: Bounds on sizes, checked before anything is allocated or written. They do not depend on
+#: the machine (a config valid here is valid everywhere): a single tensor, or the fp32
+#: weights, larger than MAX_TENSOR_BYTES fit on no single device (the largest accelerators
+#: hold 141-192 GB), so such a config can only fail later, with a MemoryError or an abort.
+MAX_TENSOR_BYTES = 1 << 37    # 128 GiB
+MAX_SEQ_LEN = 1 << 20         # tokens per sequence
+MAX_BATCH = 1 << 16           # sequences per micro-batch / eval batch
+MAX_THREADS = 1024            # train.threads
+MAX_SEED = 2**32 - 1          # numpy's legacy seeding range; torch and SeedSequence accept it
+
+
+def _bounded(where: str, value: Any, lo: int, hi: int, why: str = "") -> None:
+    if not lo <= value <= hi:
+        raise ValueError(f"{where}: must be in [{lo}, {hi}]{why}, got {value!r}")
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:,.0f} GiB"
+
+
+def estimated_parameters(cfg: "Config", vocab_size: int) -> int:
+    """Parameters of the Llama the config builds (preset + overrides): embeddings, attention
+    (grouped KV heads included) and the gated MLP; norms are negligible."""
+    from nexus_optim.models.presets import PRESETS
+
+    a = {**PRESETS.get(cfg.model.preset, {}), **cfg.model.overrides}
+    h, layers = int(a.get("hidden_size", 0)), int(a.get("num_hidden_layers", 0))
+    heads = int(a.get("num_attention_heads", 1) or 1)
+    head_dim = int(a.get("head_dim") or h // heads)
+    kv = int(a.get("num_key_value_heads") or heads) * head_dim
+    attn = h * heads * head_dim * 2 + h * kv * 2
+    mlp = 3 * h * int(a.get("intermediate_size", 0))
+    emb = vocab_size * h * (1 if a.get("tie_word_embeddings") else 2)
+    return emb + layers * (attn + mlp)
+
+
+def check_sizes(cfg: "Config") -> None:
+    """Every size bounded before anything is allocated (one-line ValueError naming the key):
+    sequence and batch lengths, the logits of one micro-batch / eval batch, and the weights."""
+    from nexus_optim.data.config import MAX_VOCAB
+
+    t, vocab = cfg.train, cfg.data.vocab_size
+    _bounded("model.seq_len", cfg.model.seq_len, 1, MAX_SEQ_LEN)
+    for key in ("micro_batch_size", "eval_batch_size"):
+        n = getattr(t, key)
+        _bounded(f"train.{key}", n, 1, MAX_BATCH)
+        logits = n * cfg.model.seq_len * min(vocab, MAX_VOCAB) * 4
+        if logits > MAX_TENSOR_BYTES:
+            raise ValueError(
+                f"train.{key}: {n} x model.seq_len {cfg.model.seq_len} x data.vocab_size {vocab} fp32 "
+                f"logits are {_gib(logits)} in one tensor, more than any single device holds "
+                f"(limit {_gib(MAX_TENSOR_BYTES)}); lower train.{key} (raise optim.inner_steps to keep "
+                f"the tokens per step)")
+    params = estimated_parameters(cfg, vocab)
+    if params * 4 > MAX_TENSOR_BYTES:
+        raise ValueError(f"model: preset {cfg.model.preset!r} with model.overrides has about {params:,} "
+                         f"parameters ({_gib(params * 4)} in fp32), more than any single device holds "
+                         f"(limit {_gib(MAX_TENSOR_BYTES)})")
+
+
 def check_finite(value: Any, where: str) -> None:
     """Refuse ``inf``/``nan`` anywhere in a (nested) config value, naming the key."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -174,6 +234,8 @@ def validate(cfg: Config) -> None:
     check_finite(cfg.to_dict(), "")
     _choice("model.preset", cfg.model.preset, tuple(PRESETS))
     _positive("model.seq_len", cfg.model.seq_len)
+    if cfg.model.init_seed is not None:
+        _bounded("model.init_seed", cfg.model.init_seed, 0, MAX_SEED)
     check_overrides(cfg.model.overrides, cfg.model.preset, cfg.model.seq_len, cfg.data.vocab_size)
     o = cfg.optim
     _choice("optim.name", o.name, OPTIMIZERS)
@@ -183,6 +245,13 @@ def validate(cfg: Config) -> None:
     _positive("optim.inner_lr", o.inner_lr, zero_ok=True)
     _positive("optim.inner_steps", o.inner_steps)
     _positive("optim.weight_decay", o.weight_decay, zero_ok=True)
+    if o.name != "fish" and o.lr * o.weight_decay >= 1:  # fish's outer SGD takes no decay
+        raise ValueError(
+            f"optim.weight_decay: {o.weight_decay!r} with optim.lr {o.lr!r}: decoupled decay multiplies "
+            f"every weight by 1 - lr*weight_decay = {1 - o.lr * o.weight_decay:.3g} per step, which "
+            f"zeroes or flips them; lr*weight_decay must be < 1 (typical: 1e-4 .. 1e-2)")
+    if not o.eps > 0:
+        raise ValueError(f"optim.eps: must be > 0 (it keeps Adam's division finite), got {o.eps!r}")
     if o.max_grad_norm is not None:
         _positive("optim.max_grad_norm", o.max_grad_norm)
     if (len(o.betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in o.betas)
@@ -201,6 +270,12 @@ def validate(cfg: Config) -> None:
         _positive(f"train.{key}", getattr(t, key))
     for key in ("eval_every", "ckpt_every", "grad_sim_batches"):
         _positive(f"train.{key}", getattr(t, key), zero_ok=True)
+    _bounded("train.seed", t.seed, 0, MAX_SEED)
+    if t.threads is not None:
+        _bounded("train.threads", t.threads, 0, MAX_THREADS, " (0 or null: torch's default)")
+    if not isinstance(t.out_dir, str) or not t.out_dir:
+        raise ValueError(f"train.out_dir: expected a non-empty path, got {t.out_dir!r}")
+    check_sizes(cfg)
     _choice("train.sampling", t.sampling, SAMPLINGS)
     _choice("train.device", t.device, DEVICES)
     _choice("train.inner_sync", t.inner_sync, INNER_SYNCS)
@@ -233,9 +308,9 @@ def apply_overrides(d: dict, overrides: list[str]) -> dict:
             if not isinstance(node, dict):
                 raise ValueError(f"--set {key}: {part!r} is not a section")
         try:
-            node[parts[-1]] = yaml.safe_load(raw)
-        except yaml.YAMLError as e:
-            raise ValueError(f"--set {key}: value {raw!r} is not valid YAML ({_yaml_problem(e)})") from None
+            node[parts[-1]] = parse_yaml(raw, f"--set {key}")
+        except ValueError as e:
+            raise ValueError(f"--set {key}: value {raw[:80]!r} is not valid YAML ({str(e).split('invalid YAML: ')[-1]})") from None
     return d
 
 
@@ -245,22 +320,163 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
     return f"{context}, {problem}" if context else str(problem)
 
 
-def read_yaml(path: str | Path, what: str = "--config") -> Any:
-    """Parse a YAML file; malformed YAML, unreadable or non-UTF-8 files are one-line
-    ValueErrors naming the file (and line:column)."""
-    p = Path(path)
+#: Limits of every YAML document nexus reads (``--config``, ``--set`` / ``--task-option``
+#: values, a run's or checkpoint's ``config.yaml``). A config is a few KB, nested 3-4 deep;
+#: these are two orders of magnitude above that and far below what hurts: a 1 KB alias
+#: bomb ("billion laughs") expands to 10^9 nodes, which hangs whatever walks it.
+YAML_MAX_BYTES = 1 << 20      # the file (bytes)
+YAML_MAX_DEPTH = 64           # nesting of mappings / sequences
+YAML_MAX_NODES = 100_000      # nodes after expanding every alias
+YAML_MAX_ALIASES = 1_000      # ``*alias`` uses
+
+
+if getattr(yaml, "__with_libyaml__", False):  # libyaml scans and parses (C, ~3x faster)
+    from yaml._yaml import CParser
+
+    class _Parser(yaml.composer.Composer, CParser):  # the composer in Python: limits below
+        def __init__(self, stream):
+            CParser.__init__(self, stream)
+            yaml.composer.Composer.__init__(self)
+else:  # pragma: no cover - PyYAML without libyaml
+    class _Parser(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser, yaml.composer.Composer):
+        def __init__(self, stream):
+            yaml.reader.Reader.__init__(self, stream)
+            yaml.scanner.Scanner.__init__(self)
+            yaml.parser.Parser.__init__(self)
+            yaml.composer.Composer.__init__(self)
+
+
+class _LimitedLoader(_Parser, yaml.constructor.SafeConstructor, yaml.resolver.Resolver):
+    """``yaml.safe_load``'s loader (plain values only) that refuses duplicate keys, nesting
+    deeper than YAML_MAX_DEPTH, more than YAML_MAX_ALIASES aliases or YAML_MAX_NODES nodes,
+    a document that expands to more than YAML_MAX_NODES nodes, and recursive aliases, all
+    before anything is built."""
+
+    def __init__(self, stream):
+        _Parser.__init__(self, stream)
+        yaml.constructor.SafeConstructor.__init__(self)
+        yaml.resolver.Resolver.__init__(self)
+        self._depth = 0
+        self._aliases = 0
+        self._nodes = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > YAML_MAX_ALIASES:
+                raise yaml.composer.ComposerError(
+                    None, None, f"more than {YAML_MAX_ALIASES} aliases", self.peek_event().start_mark)
+        else:
+            self._nodes += 1
+            if self._nodes > YAML_MAX_NODES:
+                raise yaml.composer.ComposerError(
+                    None, None, f"expands to more than {YAML_MAX_NODES} nodes", self.peek_event().start_mark)
+        self._depth += 1
+        try:
+            if self._depth > YAML_MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested deeper than {YAML_MAX_DEPTH} levels", self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None:
+            _check_expanded_size(node)
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: set = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # "<<: *base" then a key of base: an override, not a duplicate
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    dup = key in seen
+                    seen.add(key)
+                except TypeError:  # unhashable: SafeConstructor names it below
+                    continue
+                if dup:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (the second would replace the first)",
+                        key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_expanded_size(root) -> None:
+    """Count the nodes of ``root`` with every alias expanded (memoized: linear in the
+    document, however large the expansion); refuse cycles and more than YAML_MAX_NODES."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+    stack = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            active.discard(key)
+            children = _yaml_children(node)
+            sizes[key] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[key] > YAML_MAX_NODES:
+                raise yaml.composer.ComposerError(
+                    None, None, f"expands to more than {YAML_MAX_NODES} nodes (aliases of aliases?)",
+                    node.start_mark)
+            continue
+        if key in sizes:
+            continue
+        if key in active:
+            raise yaml.composer.ComposerError(None, None, "recursive alias (a node inside itself)",
+                                              node.start_mark)
+        active.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in _yaml_children(node) if id(c) not in sizes)
+
+
+def _yaml_children(node) -> list:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [x for pair in node.value for x in pair]
+    return []
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """Parse YAML ``text`` with the limits above (plain values only, as ``yaml.safe_load``).
+    Any problem is a one-line ValueError ``<where>:<line>:<column>: invalid YAML: <problem>``;
+    ``where`` names the source (a file, ``--set optim.lr``)."""
+    if len(text) > YAML_MAX_BYTES:
+        raise ValueError(f"{where}: {len(text)} characters of YAML, more than the limit of {YAML_MAX_BYTES}")
+    loader = _LimitedLoader(text)
     try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{what}: {str(p)!r} is not UTF-8 text (byte {e.start})") from None
-    except OSError as e:
-        raise ValueError(f"{what}: cannot read {str(p)!r} ({e.strerror or e})") from None
-    try:
-        return yaml.safe_load(text)
+        return loader.get_single_data()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(p)
-        raise ValueError(f"{where}: invalid YAML: {_yaml_problem(e)}") from None
+        at = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark is not None else where
+        raise ValueError(f"{at}: invalid YAML: {_yaml_problem(e)}") from None
+    except RecursionError:  # pragma: no cover - the depth limit comes first
+        raise ValueError(f"{where}: invalid YAML: nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def read_yaml(path: str | Path, what: str = "--config") -> Any:
+    """Parse a YAML file with `parse_yaml`'s limits (and at most YAML_MAX_BYTES); malformed,
+    oversized, unreadable or non-UTF-8 files are one-line ValueErrors naming the file (and
+    line:column)."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            raw = f.read(YAML_MAX_BYTES + 1)
+    except OSError as e:
+        raise ValueError(f"{what}: cannot read {str(p)!r} ({e.strerror or e})") from None
+    if len(raw) > YAML_MAX_BYTES:
+        raise ValueError(f"{what}: {str(p)!r} is larger than {YAML_MAX_BYTES} bytes; not a nexus config")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{what}: {str(p)!r} is not UTF-8 text (byte {e.start})") from None
+    return parse_yaml(text, str(p))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -212,15 +212,18 @@ def _may_change(key: str) -> bool:
 
 def check_resume(ckpt: Path, cfg) -> None:
     """Refuse to resume ``ckpt`` with a config that changes what the run is."""
+    from nexus_optim.train.config import read_yaml
+
     try:
-        old = yaml.safe_load((ckpt / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise CheckpointError(f"checkpoint: cannot read {str(ckpt / 'config.yaml')!r} "
-                              f"({type(e).__name__})") from None
+        old = read_yaml(ckpt / "config.yaml", "checkpoint")  # limits; duplicate keys refused
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint: {e}") from None
     if not isinstance(old, dict):
         raise CheckpointError(f"checkpoint: {str(ckpt / 'config.yaml')!r} does not hold a config mapping")
     diffs = [d for d in config_differences(_normalized(old), _normalized(cfg.to_dict()))
              if not _may_change(d[0])]
+    if not diffs:
+        _check_schedule_length(ckpt, _normalized(old), cfg)
     if diffs:
         shown = "; ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, a, b in diffs[:4])
         more = f" (and {len(diffs) - 4} more)" if len(diffs) > 4 else ""
