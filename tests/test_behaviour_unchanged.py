@@ -45,6 +45,7 @@ from nexus_optim.train.config import OptimConfig, from_dict
 from nexus_optim.train.logging import read_metrics
 from nexus_optim.train.loop import Trainer
 
+pytestmark = pytest.mark.stored
 FIXTURE = Path(__file__).parent / "data" / "behaviour_unchanged.json"
 RECORD = os.environ.get("NEXUS_RECORD_BEHAVIOUR", "")
 if RECORD not in ("", "1"):
