@@ -53,6 +53,7 @@ class OptimConfig:
     inner_norm: str = "global"  # nexus: global | per_tensor | none | random
     outer_grad: str = "trajectory"  # nexus: trajectory | displacement
     inner_lr_follows_lr: bool = False
+    inner_lr_scale: str = "absolute"  # absolute | lr_sqrt_params: inner_lr relative to lr*sqrt(#params) (optim/gamma.py)
     no_decay_norms_and_biases: bool = True
 
 

@@ -51,7 +51,7 @@ from nexus_optim.train.checkpoint import (CheckpointError, load_checkpoint, rng_
 from nexus_optim.train.config import Config, save_config
 from nexus_optim.train.distributed import replica_mismatches, setup_distributed
 from nexus_optim.train.logging import MetricsLogger
-from nexus_optim.train.optimizers import build_optimizer, step_protocol
+from nexus_optim.train.optimizers import build_optimizer, gamma_record, step_protocol
 from nexus_optim.train.run_info import run_meta
 from nexus_optim.train.rundir import open_run_dir
 from nexus_optim.train.schedules import build_scheduler
@@ -165,7 +165,8 @@ class Trainer:
             extra = {"world_size": world, "inner_sync": self.sync_mode} if world > 1 else {}
             self.meta = run_meta(t.seed, {"n_params": self.n_params, "device": str(self.device),
                                           "resumed_from": str(resume_from) if resume_from else None,
-                                          "tokens_per_step": self.tokens_per_step(), **extra})
+                                          "tokens_per_step": self.tokens_per_step(),
+                                          **gamma_record(cfg.optim, self.optimizer), **extra})
             (self.out / "meta.yaml").write_text(yaml.safe_dump(self.meta, sort_keys=False))
         self.dist.barrier()
 
