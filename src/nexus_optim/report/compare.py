@@ -5,6 +5,7 @@
     config.yaml      the run's Config (optimizer settings, seed)
     metrics.jsonl    eval records {"step", "tokens", "val/<source>", "val/id", "val/ood",
                      ["geom/grad_sim", "geom/cos/<a>/<b>" when train.grad_sim_batches > 0]}
+                     (geom/grad_sim over training per group: ``grad_sim`` in report.json)
     geometry.json    optional, from ``nexus geometry grad-sim|closeness`` (diagnostics/store.py)
     downstream.json  optional: ``nexus eval RUN --tasks ... --out RUN/downstream.json``.
                      From its ``tasks`` the scores (accuracy, acc, acc_norm, pass@1,
@@ -65,7 +66,7 @@ from nexus_optim.report.groups import check_distinct, check_same_data, group_run
 from nexus_optim.report.pairing import apply_holm, pairing_design, power_table
 from nexus_optim.report.reference import ngram_lines
 from nexus_optim.report.runs import Run, is_num, load_run
-from nexus_optim.report.tables import at_tokens, crossing, metric_keys, stats_table
+from nexus_optim.report.tables import at_tokens, crossing, curve_table, metric_keys, stats_table
 from nexus_optim.runtime import json_safe, write_json, write_text
 
 REPORT_MD, REPORT_JSON = "report.md", "report.json"
@@ -179,6 +180,7 @@ def _report(runs, groups, metric, target, how, baseline, baseline_cmp, confidenc
         "equal_tokens": {"tokens": t_equal, **stats_table(groups, {k: v or {} for k, v in equal.items()},
                                                           e_metrics, baseline_cmp, confidence, design)},
         "extra": stats_table(groups, {id(r): r.extra for r in runs}, x_metrics, baseline_cmp, confidence, design),
+        "grad_sim": curve_table(groups, "geom/grad_sim"),
         "notes": notes,
         "files": {"report_md": REPORT_MD, "report_json": REPORT_JSON},
     }

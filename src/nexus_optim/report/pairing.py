@@ -21,7 +21,7 @@ import math
 
 from nexus_optim.report.paired import holm, min_detectable_difference, paired_test
 from nexus_optim.report.runs import Run, is_num
-from nexus_optim.report.stats import fmt
+from nexus_optim.report.format import formatter, p_is
 
 PRIMARY_SECTION, PRIMARY_METRIC = "matched", "val/ood"
 PAPER_EFFECT = 0.012  # nats: the OOD improvement reported by the paper
@@ -55,19 +55,20 @@ def pairing_design(groups: dict[str, list[Run]], baseline: str | None) -> dict[s
     return out
 
 
-def paired_verdict(res: dict, a_name: str, b_name: str, digits: int = 4) -> str:
-    """One plain sentence about a paired comparison."""
-    head = f"{a_name} − {b_name} = {fmt(res.get('diff'), digits)}"
+def paired_verdict(res: dict, a_name: str, b_name: str, metric: str | None = None) -> str:
+    """One plain sentence about a paired comparison (numbers as in report.md: ``report/format.py``)."""
+    f = formatter([res.get(k) for k in ("diff", "ci_low", "ci_high")], metric, signed=True)
+    head = f"{a_name} − {b_name} = {f(res.get('diff'))}"
     if not res.get("testable"):
         return f"{head}; {res['reason']}"
     ci = int(round(res["confidence"] * 100))
-    p = f"p = {res['p']:.3g}"
+    p = p_is(res["p"])
     if res.get("p_holm") is not None:
-        p += f", Holm-adjusted p = {res['p_holm']:.3g} (primary)"
+        p += f", {p_is(res['p_holm'], 'Holm-adjusted p')} (primary)"
     else:
         p += " (exploratory, unadjusted)"
     body = (f"{head} (mean of {res['n']} per-seed differences), {ci}% CI "
-            f"[{fmt(res['ci_low'], digits)}, {fmt(res['ci_high'], digits)}], paired t = {res['t']:.2f}, {p}")
+            f"[{f(res['ci_low'])}, {f(res['ci_high'])}], paired t = {res['t']:.2f}, {p}")
     if res["significant"]:
         return f"{body}: significant at the {1 - res['confidence']:.2g} level"
     return f"{body}: not significant (the difference may be zero)"
@@ -107,10 +108,10 @@ def apply_holm(report: dict) -> dict:
         c.update(family="primary", p_holm=adjusted[l], significant=bool(adjusted[l] < 1 - c["confidence"]))
     for section in ("matched", "equal_tokens", "extra"):
         for l, c in report[section]["comparisons"].items():
-            for r in c.values():
+            for m, r in c.items():
                 r.setdefault("family", "exploratory")
                 if r.get("test") == "paired":
-                    r["verdict"] = paired_verdict(r, l, report["baseline"])
+                    r["verdict"] = paired_verdict(r, l, report["baseline"], m)
     return {"section": PRIMARY_SECTION, "metric": PRIMARY_METRIC, "members": list(members),
             "correction": "holm", "p_holm": adjusted}
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from nexus_optim.report.stats import fmt, fmt_summary
+from nexus_optim.report.format import (decimals, fmt_column, fmt_count, fmt_number, fmt_p, fmt_pm,
+                                       fmt_value, formatter)
 
 
 _DIRECTION_NOTE = {"lower": " (lower is better)", "higher": " (higher is better)"}
@@ -11,7 +12,9 @@ _DIRECTION_NOTE = {"lower": " (lower is better)", "higher": " (higher is better)
 def _summary_table(section: dict, groups: list[str], metrics: list[str]) -> list[str]:
     lines = ["| metric | " + " | ".join(groups) + " |", "|---|" + "---|" * len(groups)]
     for m in metrics:
-        row = [fmt_summary(section["summary"][m].get(g, {})) for g in groups]
+        cells = [section["summary"][m].get(g, {}) for g in groups]
+        f = formatter([c.get(k) for c in cells for k in ("mean", "std")], m)
+        row = [fmt_pm(c, f) for c in cells]
         lines.append(f"| {m} | " + " | ".join(row) + " |")
     return lines
 
@@ -38,12 +41,13 @@ def _test_header(label: str, baseline: str, comps: dict) -> str:
 def _row(m: str, r: dict) -> str:
     n = f"{r['n']} pairs" if r.get("test") == "paired" else f"{r['n_a']} vs {r['n_b']}"
     fam = r.get("family", "exploratory")
+    f = formatter([r.get(k) for k in ("diff", "ci_low", "ci_high")], m, signed=True)
     if not r.get("testable"):
-        return f"| {m}{_better(m, r)} | {fmt(r['diff'])} | – | – | – | – | {n} | {fam} | {r['reason']} |"
+        return f"| {m}{_better(m, r)} | {f(r['diff'])} | – | – | – | – | {n} | {fam} | {r['reason']} |"
     sig = "**significant**" if r["significant"] else "not significant"
-    holm = f"{r['p_holm']:.3g}" if r.get("p_holm") is not None else "–"
-    return (f"| {m}{_better(m, r)} | {fmt(r['diff'])} | [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}] "
-            f"| {r['t']:.2f} | {r['p']:.3g} | {holm} | {n} | {fam} | {sig} |")
+    holm = fmt_p(r["p_holm"]) if r.get("p_holm") is not None else "–"
+    return (f"| {m}{_better(m, r)} | {f(r['diff'])} | [{f(r['ci_low'])}, {f(r['ci_high'])}] "
+            f"| {r['t']:.2f} | {fmt_p(r['p'])} | {holm} | {n} | {fam} | {sig} |")
 
 
 def _comparison_lines(section: dict, baseline: str) -> list[str]:
@@ -92,21 +96,26 @@ def _primary_lines(report: dict) -> list[str]:
         return []
     out = ["", "## Primary endpoint: OOD loss at matched in-distribution loss", "",
            f"Each group minus **{report['baseline']}** in `val/ood` where `{report['metric']}` first reaches "
-           f"{fmt(report['target']['value'])}. Paired by seed when the groups share seeds (same init, data "
+           f"{fmt_number(report['target']['value'])}. Paired by seed when the groups share seeds (same init, data "
            "order and schedule per seed: a paired t-test on the per-seed differences), else Welch; p-values "
            "Holm-adjusted over this family of "
            f"{len(prim.get('members') or [])} comparison(s). MDE: the smallest true difference the paired "
            "test detects with 80% power at the 0.05 level, from the observed sd of the per-seed differences.",
            "", "| group | test | difference | 95% CI | p | p (Holm) | n | sd of differences | MDE (80%) "
            "| paper's effect |", "|---|---|---|---|---|---|---|---|---|---|"]
+    power = {label: (st.get("power") or {}).get(label, {}) for label, _ in rows}
+    d = decimals([r.get(k) for _, r in rows for k in ("diff", "ci_low", "ci_high")]
+                 + [pw.get(k) for pw in power.values() for k in ("sd_diff", "mde", "paper_effect")])
     for label, r in rows:
-        pw = (st.get("power") or {}).get(label, {})
-        ci = f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]" if r.get("testable") else "–"
-        p = f"{r['p']:.3g}" if r.get("testable") else "–"
-        holm = f"{r['p_holm']:.3g}" if r.get("p_holm") is not None else "–"
+        pw = power[label]
+        ci = (f"[{fmt_value(r['ci_low'], d, True)}, {fmt_value(r['ci_high'], d, True)}]"
+              if r.get("testable") else "–")
+        p = fmt_p(r["p"]) if r.get("testable") else "–"
+        holm = fmt_p(r["p_holm"]) if r.get("p_holm") is not None else "–"
         n = r["n"] if r.get("test") == "paired" else f"{r['n_a']} vs {r['n_b']}"
-        out.append(f"| {label} | {r.get('test')} | {fmt(r.get('diff'))} | {ci} | {p} | {holm} | {n} | "
-                   f"{fmt(pw.get('sd_diff'))} | {fmt(pw.get('mde'))} | {pw.get('paper_effect', 0.012)} |")
+        out.append(f"| {label} | {r.get('test')} | {fmt_value(r.get('diff'), d, True)} | {ci} | {p} | {holm} | "
+                   f"{n} | {fmt_value(pw.get('sd_diff'), d)} | {fmt_value(pw.get('mde'), d)} | "
+                   f"{fmt_value(pw.get('paper_effect'), d)} |")
     return out
 
 
@@ -123,14 +132,38 @@ def _ngram_lines(report: dict) -> list[str]:
            f"the val splits with the runs' eval windows (seq_len {ng['seq_len']}, first {ng['max_tokens']} "
            "tokens per source). A model above the bigram line has not yet learnt more than adjacent-token "
            "statistics.", "", "| reference | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
-    for order, line in ng["lines"].items():
-        out.append(f"| {order} | " + " | ".join(fmt(line.get(k)) for k in keys) + " |")
+    cols = {k: fmt_column([line.get(k) for line in ng["lines"].values()]) for k in keys}
+    for i, order in enumerate(ng["lines"]):
+        out.append(f"| {order} | " + " | ".join(cols[k][i] for k in keys) + " |")
     rel = standing(report)
     if rel:
         cols = sorted({c for v in rel.values() for c in v})
         out += ["", "Group mean minus the bigram line (negative: better than the bigram):", "",
                 "| group | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-        out += [f"| {l} | " + " | ".join(fmt(v.get(c)) for c in cols) + " |" for l, v in rel.items()]
+        cells = {c: fmt_column([v.get(c) for v in rel.values()], signed=True) for c in cols}
+        out += [f"| {l} | " + " | ".join(cells[c][i] for c in cols) + " |" for i, l in enumerate(rel)]
+    return out
+
+
+def _mechanism_lines(report: dict) -> list[str]:
+    """The mechanism Nexus relies on: the cosine between train sources' gradients over training."""
+    gs = report.get("grad_sim")
+    out = ["", "## Mechanism: gradient cosine between the train sources", ""]
+    if not gs:
+        return out + ["Not logged (`train.grad_sim_batches` = 0): rerun with "
+                      "`--set train.grad_sim_batches=2` to see it."]
+    groups = [g for g in report["groups"] if any(g in r["groups"] for r in gs["rows"])]
+    d = decimals([v for r in gs["rows"] for v in r["groups"].values()] + list(gs["over_training"].values()))
+    out += ["Nexus is meant to move the weights where the gradients of the different train sources "
+            "point the same way. `geom/grad_sim` is the mean, over pairs of train sources, of the cosine "
+            "between their mean gradients at the current weights (logged at evaluations; "
+            "`train.grad_sim_batches` batches per source); higher means more aligned. Group mean over "
+            "seeds:", "", "| step | tokens | " + " | ".join(groups) + " |", "|---|---|" + "---|" * len(groups)]
+    for r in gs["rows"]:
+        out.append(f"| {r['step']} | {fmt_count(r['tokens'])} | "
+                   + " | ".join(fmt_value(r["groups"].get(g), d) for g in groups) + " |")
+    out.append("| mean over training | | " + " | ".join(fmt_value(gs["over_training"].get(g), d) for g in groups)
+               + " |")
     return out
 
 
@@ -140,7 +173,7 @@ def render_markdown(report: dict) -> str:
     t = report["target"]
     out = ["# Optimizer comparison", ""]
     out.append(f"Runs: {len(report['runs'])} in {len(groups)} group(s); baseline: **{base}**. "
-               f"Matched metric: `{report['metric']}`, target {fmt(t['value'])} ({t['how']}).")
+               f"Matched metric: `{report['metric']}`, target {fmt_number(t['value'])} ({t['how']}).")
     findings = _plain_findings(report)
     if findings:
         out += ["", "## Findings (each group minus the baseline)", "", *findings]
@@ -148,19 +181,20 @@ def render_markdown(report: dict) -> str:
     out += _ngram_lines(report)
     out += ["", "## Runs", "", "| group | seed | run | final tokens | final " + report["metric"]
             + " | tokens at matched loss |", "|---|---|---|---|---|---|"]
-    for r in report["runs"]:
+    finals = fmt_column([r["final"].get(report["metric"]) for r in report["runs"]])
+    for r, final in zip(report["runs"], finals):
         m = r["matched"]
-        out.append(f"| {r['group']} | {r['seed']} | `{r['dir']}` | {r['final'].get('tokens', 0):.0f} | "
-                   f"{fmt(r['final'].get(report['metric']))} | "
-                   f"{'not reached' if m is None else format(m['tokens'], '.0f')} |")
+        out.append(f"| {r['group']} | {r['seed']} | `{r['dir']}` | {fmt_count(r['final'].get('tokens', 0))} | "
+                   f"{final} | {'not reached' if m is None else fmt_count(m['tokens'])} |")
     out += _section("At matched in-distribution loss",
                     f"Each run's eval curve is interpolated linearly in tokens to where `{report['metric']}` "
-                    f"first reaches {fmt(t['value'])}; the other losses are interpolated at the same point. "
+                    f"first reaches {fmt_number(t['value'])}; the other losses are interpolated at the same point. "
                     "`tokens` is the number of training tokens needed to get there.",
                     report["matched"], groups, base)
     out += _section("At equal tokens",
-                    f"All metrics at {report['equal_tokens']['tokens']:.0f} tokens (the end of training "
+                    f"All metrics at {fmt_count(report['equal_tokens']['tokens'])} tokens (the end of training "
                     "when all runs have the same length).", report["equal_tokens"], groups, base)
+    out += _mechanism_lines(report)
     out += _section("Geometry and downstream (final checkpoints)",
                     "From `geometry.json` (`nexus geometry grad-sim|closeness`) and `downstream.json` "
                     "(`nexus eval`) in each run directory, where present.",
@@ -178,7 +212,10 @@ def render_markdown(report: dict) -> str:
             f"is called significant when p < {1 - report['confidence']:.2g} (the Holm-adjusted p for the "
             "primary endpoint); \"not significant\" means the data do not rule out a zero difference. "
             "Holm's correction covers the primary family only; every other row is exploratory and "
-            "unadjusted. A group with fewer than two runs allows no test."]
+            "unadjusted. A group with fewer than two runs allows no test.",
+            "- Numbers: losses, differences and cosines with 4 significant digits at the scale of the "
+            "cells they share a row or column with (the same decimals for all of them), token counts as "
+            "integers, p-values with 2 significant digits."]
     if report.get("notes"):
         out += ["", "## Notes", "", *[f"- {n}" for n in report["notes"]]]
     return "\n".join(out) + "\n"

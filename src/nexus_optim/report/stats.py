@@ -22,6 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
+from nexus_optim.report.format import fmt, formatter, p_is
+
 
 def _clean(xs: Sequence[float] | None) -> list[float]:
     return [float(x) for x in (() if xs is None else xs) if x is not None and math.isfinite(float(x))]
@@ -75,15 +77,6 @@ def welch(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> d
     return out
 
 
-def fmt(x: float | None, digits: int = 4) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "n/a"
-    ax = abs(x)
-    if ax != 0 and (ax >= 1e5 or ax < 10 ** -digits):
-        return f"{x:.{max(digits - 1, 1)}e}"
-    return f"{x:.{digits}f}"
-
-
 def fmt_summary(s: dict, digits: int = 4) -> str:
     """``mean ± std (n=k)``."""
     if not s or s.get("n", 0) == 0:
@@ -92,16 +85,17 @@ def fmt_summary(s: dict, digits: int = 4) -> str:
     return f"{fmt(s['mean'], digits)}{std} (n={s['n']})"
 
 
-def verdict(res: dict, a_name: str = "a", b_name: str = "b", digits: int = 4) -> str:
-    """One plain sentence about a ``welch`` result."""
+def verdict(res: dict, a_name: str = "a", b_name: str = "b", metric: str | None = None) -> str:
+    """One plain sentence about a ``welch`` result (numbers as in report.md: ``report/format.py``)."""
     if res.get("diff") is None:
         return f"no data for {a_name if not res.get('n_a') else b_name}"
-    head = f"{a_name} − {b_name} = {fmt(res['diff'], digits)}"
+    f = formatter([res.get(k) for k in ("diff", "ci_low", "ci_high")], metric, signed=True)
+    head = f"{a_name} − {b_name} = {f(res['diff'])}"
     if not res.get("testable"):
         return f"{head}; {res['reason']}"
     ci = int(round(res["confidence"] * 100))
-    body = (f"{head}, {ci}% CI [{fmt(res['ci_low'], digits)}, {fmt(res['ci_high'], digits)}], "
-            f"Welch t = {res['t']:.2f}, df = {res['df']:.1f}, p = {res['p']:.3g} "
+    body = (f"{head}, {ci}% CI [{f(res['ci_low'])}, {f(res['ci_high'])}], "
+            f"Welch t = {res['t']:.2f}, df = {res['df']:.1f}, {p_is(res['p'])} "
             f"(n = {res['n_a']} vs {res['n_b']})")
     if res["significant"]:
         return f"{body}: significant at the {1 - res['confidence']:.2g} level"

@@ -89,7 +89,7 @@ def stats_table(groups: dict[str, list[Run]], values: dict[int, dict], metrics: 
                         continue
                     res = welch(a, b, confidence)
                     res["test"] = "welch"
-                    res["verdict"] = verdict(res, l, baseline)
+                    res["verdict"] = verdict(res, l, baseline, m)
                 res["direction"] = _direction(m)
                 comps[l][m] = res
     return {"summary": summary, "comparisons": comps}
@@ -102,3 +102,31 @@ def metric_keys(dicts, prefixes=("val/", "geom/")) -> list[str]:
         return (0 if k == "val/id" else 1 if k == "val/ood" else 2 if k.startswith("val/") else
                 3 if k == "geom/grad_sim" else 4, k)
     return sorted(keys, key=order)
+
+
+def curve_table(groups: dict[str, list[Run]], key: str, max_rows: int = 8) -> dict | None:
+    """``key`` over training per group: {"metric", "rows": [{"step", "tokens", "groups":
+    {label: mean over the group's runs at that eval}}], "over_training": {label: mean over
+    runs of each run's mean over its evals}}; at most ``max_rows`` evals, evenly spaced and
+    including the first and the last; None when no run logs ``key``."""
+    at: dict[int, dict] = {}
+    for label, rs in groups.items():
+        for r in rs:
+            for p in r.curve:
+                if is_num(p.get(key)) and is_num(p.get("step")):
+                    row = at.setdefault(int(p["step"]), {"tokens": p.get("tokens"), "groups": {}})
+                    row["groups"].setdefault(label, []).append(float(p[key]))
+    if not at:
+        return None
+    steps = sorted(at)
+    if len(steps) > max_rows:
+        steps = sorted({steps[round(i * (len(steps) - 1) / (max_rows - 1))] for i in range(max_rows)})
+    rows = [{"step": s, "tokens": at[s]["tokens"],
+             "groups": {l: sum(v) / len(v) for l, v in at[s]["groups"].items()}} for s in steps]
+    over = {}
+    for label, rs in groups.items():
+        means = [sum(xs) / len(xs) for r in rs
+                 if (xs := [float(p[key]) for p in r.curve if is_num(p.get(key))])]
+        if means:
+            over[label] = sum(means) / len(means)
+    return {"metric": key, "rows": rows, "over_training": over}
