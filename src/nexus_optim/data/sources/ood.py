@@ -14,7 +14,7 @@ from nexus_optim.data.text import chunk_text, take_budget, take_files
 
 def metamath(ctx, options: dict, budget: int | None) -> list[str]:
     """Chunks of a Metamath database (default ``set.mm``, Debian ``metamath-databases``)."""
-    root = apt_package("metamath-databases", ctx.data_dir) / "usr/share/metamath/databases"
+    root = apt_package("metamath-databases", ctx.data_dir, "metamath", "metamath_logic") / "usr/share/metamath/databases"
     text = (root / options.get("database", "set.mm")).read_text(encoding="utf-8", errors="replace")
     return take_budget(chunk_text(text, 3000), budget, ctx.seed, "metamath")
 
@@ -34,7 +34,7 @@ def _go_src_package() -> str:
 def golang(ctx, options: dict, budget: int | None) -> list[str]:
     """Go standard-library sources (no tests, testdata or vendor), cut into ~6 KB documents."""
     pkg = options.get("package") or _go_src_package()
-    root = apt_package(pkg, ctx.data_dir)
+    root = apt_package(pkg, ctx.data_dir, "golang", "cpp")
     files = []
     for d, dirs, names in os.walk(root):
         dirs[:] = sorted(x for x in dirs if x not in ("testdata", "vendor"))

@@ -23,7 +23,7 @@ def _b64(s: str) -> int:
 
 def gcide(ctx, options: dict, budget: int | None) -> list[str]:
     """One document per dictionary entry of GCIDE (Debian ``dict-gcide``)."""
-    root = apt_package("dict-gcide", ctx.data_dir) / "usr/share/dictd"
+    root = apt_package("dict-gcide", ctx.data_dir, "gcide", "gcide_json") / "usr/share/dictd"
     spans = set()
     for line in (root / "gcide.index").read_text(encoding="utf-8", errors="replace").splitlines():
         parts = line.split("\t")
@@ -41,7 +41,7 @@ def gcide(ctx, options: dict, budget: int | None) -> list[str]:
 
 def wordnet(ctx, options: dict, budget: int | None) -> list[str]:
     """One document per WordNet 3.0 synset: ``words (pos): gloss`` (Debian ``wordnet-base``)."""
-    root = apt_package("wordnet-base", ctx.data_dir) / "usr/share/wordnet"
+    root = apt_package("wordnet-base", ctx.data_dir, "wordnet", "kjv") / "usr/share/wordnet"
     pos_name = {"n": "noun", "v": "verb", "a": "adjective", "s": "adjective", "r": "adverb"}
     docs = []
     for part in ("noun", "verb", "adj", "adv"):
@@ -76,7 +76,7 @@ def shakespeare(ctx, options: dict, budget: int | None) -> list[str]:
 
 def fortunes(ctx, options: dict, budget: int | None) -> list[str]:
     """One document per fortune cookie (Debian ``fortunes``, the non-offensive set)."""
-    root = apt_package("fortunes", ctx.data_dir) / "usr/share/games/fortunes"
+    root = apt_package("fortunes", ctx.data_dir, "fortunes", "fortunes_bsd") / "usr/share/games/fortunes"
     docs = []
     for f in sorted(root.iterdir()):
         if f.is_symlink() or f.suffix in (".dat", ".u8") or not f.is_file():
