@@ -134,6 +134,9 @@ def _write_documents(cfg: DataConfig, s: SourceConfig, docs, out_dir: Path) -> N
     val_fraction`` (`text.split_docs`, computed one document at a time, with its fix-ups:
     at least one document each way, a single document cut in two)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    for p in out_dir.glob("*.jsonl.tmp*"):  # left by a killed build
+        if p.name.split(".jsonl.tmp")[0] in ("train", "val"):
+            p.unlink()
     out = {"val": _DocsFile(out_dir / "val.jsonl")}
     if s.role == "train":
         out["train"] = _DocsFile(out_dir / "train.jsonl")
@@ -225,7 +228,7 @@ class _Bar:
         if on:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1 << 20,
+            self.bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
                             mininterval=1.0, leave=True, dynamic_ncols=True)
 
     def __enter__(self):

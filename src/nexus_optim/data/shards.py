@@ -95,16 +95,16 @@ def shard_file(split: str, k: int) -> str:
     return f"{split}.bin" if k == 0 else f"{split}.{k}.bin"
 
 
-_SHARD_RE = re.compile(r"^(?P<split>[a-z]+)(\.(?P<k>[1-9][0-9]*))?\.bin$")
+_SHARD_RE = re.compile(r"^(?P<split>[a-z]+)(\.(?P<k>[1-9][0-9]*))?\.bin(?P<tmp>\.tmp[0-9]+)?$")
 
 
 def stale_shards(directory: str | os.PathLike, split: str, keep: int) -> list[Path]:
     """Shard files of ``split`` in ``directory`` with index >= ``keep`` (left by an earlier,
-    longer build): what a finished build removes."""
+    longer build) and temp files of a killed build: what a finished build removes."""
     out = []
-    for p in Path(directory).glob(f"{split}*.bin"):
+    for p in Path(directory).glob(f"{split}*.bin*"):
         m = _SHARD_RE.match(p.name)
-        if m and m["split"] == split and int(m["k"] or 0) >= keep:
+        if m and m["split"] == split and (m["tmp"] or int(m["k"] or 0) >= keep):
             out.append(p)
     return sorted(out)
 
