@@ -9,7 +9,7 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,10 @@ from nexus_optim.data.shards import (CacheError, CacheWarning, ShardSet, digest_
                                      file_digest, load_shard, shard_file)
 from nexus_optim.data.text import stable_hash
 from nexus_optim.runtime import write_json
+
+
+#: the token dtypes `prepare_data` writes (``shards.token_dtype``)
+TOKEN_DTYPES = ("uint16", "uint32")
 
 
 @dataclass
@@ -45,6 +49,7 @@ class PreparedData:
     shard_sets: dict[str, dict[str, list]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self._check_values()
         # JSON written with sorted keys (prepared-*.json, a run's prepared.json) loses the
         # config's source order, which fixes eval and logging order: restore it from the list
         if self.sources and set(self.sources) == set(self.shards):
@@ -52,6 +57,56 @@ class PreparedData:
                          "shard_sets"):
                 d = getattr(self, name)
                 setattr(self, name, {s: d[s] for s in self.sources if s in d})
+
+    def _check_values(self) -> None:
+        """On construction: ``dtype`` one of TOKEN_DTYPES, counts non-negative integers
+        (one-line ValueError naming the field)."""
+        if self.dtype not in TOKEN_DTYPES:
+            raise ValueError(f"dtype: {self.dtype!r} is not one of {', '.join(map(repr, TOKEN_DTYPES))}")
+        for name in ("vocab_size", "eos_id"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{name}: expected an integer >= 0, got {v!r}")
+        if self.vocab_size and self.eos_id >= self.vocab_size:
+            raise ValueError(f"eos_id: {self.eos_id} is not below vocab_size {self.vocab_size}")
+        for name in ("roles", "weights", "val_bytes", "val_tokens", "train_tokens", "checksums", "shard_sets"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{name}: expected a mapping, got {type(getattr(self, name)).__name__}")
+        for name in ("val_bytes", "val_tokens", "train_tokens"):
+            for source, n in getattr(self, name).items():
+                if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+                    raise ValueError(f"{name}[{source!r}]: expected an integer >= 0, got {n!r}")
+        if not isinstance(self.shards, dict) or not all(isinstance(v, dict) for v in self.shards.values()):
+            raise ValueError("shards: expected {source: {split: path}}")
+
+    def check_paths(self) -> None:
+        """For a record read from a file (`from_json`, a run's ``prepared.json``), before any
+        file it names is opened: every shard path must be a ``.bin`` file under the recorded
+        ``data_dir`` (``prepare_data`` writes ``<data_dir>/shards/<key>/<source>-<key>/<split>.bin``),
+        without ``..``, and not leaving ``data_dir`` through a symlink (a cache whose
+        ``shards/`` links elsewhere is refused too). One-line ValueError naming the field."""
+        if not isinstance(self.tokenizer_path, str) or not self.tokenizer_path:
+            raise ValueError(f"tokenizer_path: expected a path, got {self.tokenizer_path!r}")
+        if not isinstance(self.data_dir, str):
+            raise ValueError(f"data_dir: expected a path, got {self.data_dir!r}")
+        root = os.path.normpath(self.data_dir) if self.data_dir else None
+        real_root = os.path.realpath(root) if root else None
+        for source, splits in self.shards.items():
+            for split, path in splits.items():
+                where = f"shards[{source!r}][{split!r}]"
+                if split not in ("train", "val") or not isinstance(path, str):
+                    raise ValueError(f"{where}: expected a 'train' or 'val' shard path, got {path!r}")
+                if root is None:
+                    raise ValueError(f"{where}: {path!r} with no data_dir recorded to hold it")
+                parts = Path(path).parts
+                rel = os.path.relpath(os.path.normpath(path), root) if os.path.isabs(path) == os.path.isabs(root) else ".."
+                rel_parts = Path(rel).parts
+                if ".." in parts or rel_parts[:1] == ("..",) or rel == "." or not path.endswith(".bin"):
+                    raise ValueError(f"{where}: refused {path!r}: not a .bin file under data_dir {self.data_dir!r}")
+                real = os.path.realpath(path)
+                if not real.startswith(real_root.rstrip(os.sep) + os.sep):
+                    raise ValueError(f"{where}: refused {path!r}: a symlink out of data_dir {self.data_dir!r} "
+                                     f"(to {real!r})")
 
     def tokenizer(self):
         """The tokenizer as a ``transformers.PreTrainedTokenizerFast``."""
@@ -167,7 +222,18 @@ class PreparedData:
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "PreparedData":
-        return cls(**json.loads(Path(path).read_text()))
+        """Read a ``prepared.json`` / ``prepared-<key>.json`` (`check_record`'d); any problem
+        is a one-line ValueError naming the file and the field."""
+        names = {f.name for f in fields(cls)}
+        try:
+            d = json.loads(Path(path).read_text(encoding="utf-8"))
+            if not isinstance(d, dict):
+                raise ValueError("expected a JSON object")
+            data = cls(**{k: v for k, v in d.items() if k in names})
+            data.check_paths()
+            return data
+        except (OSError, ValueError, TypeError) as e:
+            raise ValueError(f"{path}: not a usable prepared-data record ({' '.join(str(e).split())[:400]})") from None
 
 
 def read_docs(path: str | os.PathLike) -> list[str]:

@@ -144,6 +144,7 @@ def recorded_data(ckpt: str | Path, data_dir: str | Path | None = None):
     try:
         d = json.loads(src.read_text())
         prepared = PreparedData(**{k: v for k, v in d.items() if k in names})
+        prepared.check_paths()  # dtype, counts, shard paths inside data_dir: before opening any
         if not isinstance(prepared.tokenizer_path, str) or not all(
                 isinstance(p, str) for splits in prepared.shards.values() for p in splits.values()):
             raise TypeError("paths must be strings")
