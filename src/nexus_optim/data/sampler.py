@@ -4,6 +4,15 @@ Counter-based: micro-batch ``i`` is drawn from ``np.random.default_rng([seed, 0,
 source groups from ``[seed, 1, g]``), so the stream depends only on ``seed`` and the index,
 never on global RNG state; resuming only needs the index.
 
+Data parallel: every rank builds the sampler with the same ``seed`` and its own ``rank``.
+The source schedule (which source each micro-batch comes from, homogeneous mode) depends on
+``seed`` and the index only, so it is the same on every rank; the windows of rank ``r > 0``
+come from ``[seed, 0, i, r]`` (rank 0 keeps ``[seed, 0, i]``: one process draws what it
+always drew), so the ranks read different windows of the same source.
+
+The token arrays may be memmaps or `shards.ShardSet`s (a split written as several shards):
+a window reads only its ``seq_len`` tokens, never a whole shard.
+
 Modes:
 * ``homogeneous``: each micro-batch comes from one source. With ``shuffle_sources=False`` the
   source is drawn i.i.d. by weight for every micro-batch. With ``shuffle_sources=True`` each
@@ -35,7 +44,7 @@ class MixtureSampler:
 
     def __init__(self, data: dict[str, np.ndarray], weights: dict[str, float], seq_len: int,
                  micro_batch_size: int, mode: str = "homogeneous", group_size: int = 1,
-                 shuffle_sources: bool = False, seed: int = 0):
+                 shuffle_sources: bool = False, seed: int = 0, rank: int = 0):
         if mode not in MODES:
             raise ValueError(f"sampler.mode: {mode!r} is not one of {', '.join(repr(m) for m in MODES)}")
         if seq_len < 1 or micro_batch_size < 1 or group_size < 1:
@@ -52,6 +61,9 @@ class MixtureSampler:
         self.seq_len, self.batch = int(seq_len), int(micro_batch_size)
         self.mode, self.group_size, self.shuffle = mode, int(group_size), bool(shuffle_sources)
         self.seed = int(seed)
+        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 0:
+            raise ValueError(f"sampler: rank {rank!r} must be an integer >= 0")
+        self.rank = rank
         self.step = 0
 
     # -- source choice -------------------------------------------------------------------
@@ -82,7 +94,7 @@ class MixtureSampler:
 
     def next(self) -> MicroBatch:
         i = self.step
-        rng = np.random.default_rng([self.seed, 0, i])
+        rng = np.random.default_rng([self.seed, 0, i] if self.rank == 0 else [self.seed, 0, i, self.rank])
         if self.mode == "mixed":
             src = rng.choice(len(self.names), size=self.batch, p=self.probs)
             mb = MicroBatch("mixed", self._windows(rng, src), [self.names[s] for s in src])
@@ -99,11 +111,13 @@ class MixtureSampler:
     # -- resume ------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"step": self.step, "seed": self.seed, "names": list(self.names), "mode": self.mode,
-                "group_size": self.group_size, "shuffle_sources": self.shuffle}
+                "group_size": self.group_size, "shuffle_sources": self.shuffle, "rank": self.rank}
 
     def load_state_dict(self, d: dict) -> None:
         if list(d.get("names", self.names)) != self.names:
             raise ValueError(f"sampler state is for sources {d.get('names')}, this sampler has {self.names}")
         if d.get("seed", self.seed) != self.seed:
             raise ValueError(f"sampler state has seed {d.get('seed')}, this sampler has seed {self.seed}")
+        if d.get("rank", self.rank) != self.rank:
+            raise ValueError(f"sampler state is rank {d.get('rank')}'s, this sampler is rank {self.rank}'s")
         self.step = int(d["step"])
