@@ -44,11 +44,15 @@ def cmd_data(args) -> int:
 
 def cmd_train(args) -> int:
     from nexus_optim.train.config import load_config
-    from nexus_optim.train.loop import train
+    from nexus_optim.train.loop import TrainingStopped, train
 
     cfg = load_config(args.config, args.overrides)
     resume = "or-start" if args.resume_or_start else args.resume
-    result = train(cfg, resume=resume, overwrite=args.overwrite)
+    try:
+        result = train(cfg, resume=resume, overwrite=args.overwrite)
+    except TrainingStopped as e:  # a signal or a full disk: one line saying how to resume
+        print(f"nexus train: {e}", file=sys.stderr)
+        return e.exit_code
     print(json.dumps(result, indent=2))
     return 0
 
@@ -153,8 +157,10 @@ def cmd_eval(args) -> int:
         return _write_lm_eval_data(args, options)
     if not args.ckpt:
         raise ValueError("a checkpoint or run directory is required (unless --write-lm-eval-data)")
-    from nexus_optim.diagnostics.evaluate import evaluate_checkpoint
+    from nexus_optim.diagnostics.evaluate import check_result_path, evaluate_checkpoint, write_result
 
+    if args.out:
+        check_result_path(args.out)  # before evaluating
     result = evaluate_checkpoint(args.ckpt, losses=not args.no_losses, tasks=args.tasks or (),
                                  limit=args.limit, max_tokens=args.max_tokens,
                                  batch_size=args.batch_size, device=args.device, seed=args.seed,
@@ -162,9 +168,7 @@ def cmd_eval(args) -> int:
                                  options=options, data_dir=args.data_dir,
                                  prepare=args.prepare_data)
     if args.out:
-        from nexus_optim.runtime import write_text
-
-        write_text(args.out, json.dumps(result, indent=1, default=str) + "\n")
+        write_result(args.out, result)
         print(f"wrote {args.out}", file=sys.stderr)
     brief = {k: v for k, v in result.items() if k not in ("losses", "tasks")}
     if "losses" in result:
@@ -358,6 +362,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"nexus {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop (which saves and says so)
+        if os.environ.get("NEXUS_DEBUG"):
+            raise
+        print(f"nexus {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ file writes and JSON-safe values. One copy of each (torch and the standard libra
     atomic_path(path)       a tmp path beside ``path``, renamed onto it on success
     write_text / write_json / write_jsonl   atomic writes (tmp file + os.replace)
     json_safe(obj)          NaN / inf -> None, tuples -> lists (for strict JSON)
+    one_line(e)             an error message on one line (capped), for one-line errors
+    is_disk_full(e)         ENOSPC / EDQUOT anywhere in an exception's chain
 """
 
 from __future__ import annotations
@@ -80,3 +82,26 @@ def write_json(path: str | os.PathLike, obj, indent: int | None = 1, sort_keys: 
 def write_jsonl(path: str | os.PathLike, rows: Iterable) -> Path:
     """Atomic JSONL write: one JSON value per line (UTF-8, not ASCII-escaped)."""
     return write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def one_line(e: BaseException | str, limit: int = 300) -> str:
+    """An exception's message (or a text) on one line, at most ``limit`` characters (then
+    ``...``): what every one-line error that quotes another error uses."""
+    text = " ".join(str(e).split())
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """Whether ``e`` (or an exception it was raised from or during) is the file system
+    running out of space or quota (ENOSPC / EDQUOT)."""
+    import errno
+
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(e) or "Disk quota exceeded" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from nexus_optim.eval.losses import evaluate_losses
 from nexus_optim.eval.tasks import TaskContext, parse_tasks, run_tasks
-from nexus_optim.runtime import pick_device
-from nexus_optim.train.artifacts import load_trained, resolve_checkpoint
+from nexus_optim.runtime import pick_device, write_text
+from nexus_optim.train.artifacts import load_trained
+from nexus_optim.train.rundir import refuse_run_files
 
 
 def evaluate_checkpoint(path: str | Path, losses: bool = True, tasks=(), limit: int | None = None,
@@ -26,8 +27,8 @@ def evaluate_checkpoint(path: str | Path, losses: bool = True, tasks=(), limit: 
     """
     tasks = parse_tasks(tasks) if tasks else []
     dev = pick_device(device)
-    ckpt = resolve_checkpoint(path)
-    model, cfg, prepared, state = load_trained(ckpt, device=dev, data_dir=data_dir, prepare=prepare)
+    model, cfg, prepared, state = load_trained(path, device=dev, data_dir=data_dir, prepare=prepare)
+    ckpt = state["checkpoint"]
     tokenizer = prepared.tokenizer()
     bf16 = cfg.train.bf16
     bs = batch_size or cfg.train.eval_batch_size
@@ -46,3 +47,17 @@ def evaluate_checkpoint(path: str | Path, losses: bool = True, tasks=(), limit: 
                           options=options or {})
         result["tasks"] = run_tasks(tasks, ctx, limit)
     return result
+
+
+def check_result_path(path: str | Path) -> None:
+    """``nexus eval --out``: refuse (one line, before evaluating) a path inside a run's
+    checkpoints or one of a run's own files (`train.rundir.refuse_run_files`)."""
+    refuse_run_files(path, "eval --out")
+
+
+def write_result(path: str | Path, result: dict) -> Path:
+    """Write ``result`` as JSON to ``path`` (checked again, then atomically)."""
+    import json
+
+    check_result_path(path)
+    return write_text(path, json.dumps(result, indent=1, default=str) + "\n")

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from nexus_optim.runtime import write_json
-from nexus_optim.train.rundir import GEOMETRY_FILE, run_dir_of
+from nexus_optim.train.rundir import GEOMETRY_FILE, RUN_MANIFEST, record_created, run_dir_of
 
 
 def save_geometry(path: str | Path, key: str, result: dict) -> Path:
@@ -28,6 +28,8 @@ def save_geometry(path: str | Path, key: str, result: dict) -> Path:
         p = run_dir_of(p) / GEOMETRY_FILE
     data = json.loads(p.read_text()) if p.is_file() else {}
     data[key] = result
+    if p.name == GEOMETRY_FILE and (p.parent / RUN_MANIFEST).is_file():
+        record_created(p.parent, GEOMETRY_FILE)  # the run's: --overwrite deletes it with the run
     return write_json(p, data)
 
 

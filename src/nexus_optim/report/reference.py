@@ -13,6 +13,7 @@ skipped with a note.
 from __future__ import annotations
 
 from nexus_optim.report.runs import Run, is_num
+from nexus_optim.runtime import one_line
 
 ORDERS = ("unigram", "bigram")
 
@@ -44,7 +45,7 @@ def ngram_lines(runs: list[Run], metric: str) -> dict:
         prepared = recorded_data(run.path)
         ref = ngram_reference(prepared, seq_len, max_tokens)
     except (ValueError, OSError, KeyError, TypeError) as e:
-        msg = " ".join(str(e).split())[:300]
+        msg = one_line(e)
         out["note"] = f"n-gram reference lines skipped: the run's prepared data cannot be read ({msg})"
         return out
     for order in ORDERS:

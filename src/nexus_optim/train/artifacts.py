@@ -12,6 +12,14 @@ What is read (docs/reliability.md, "Safe loading"):
   section of that config is not even validated (its globs are not expanded).
 * Files are verified against ``checksums.json``; for a run directory, a damaged newest
   checkpoint is named in a warning and the previous complete one is used.
+* The run's data files are verified against the SHA-256 the run recorded (from any
+  directory: new runs record absolute paths; a relative path recorded by an older run is
+  read from the current directory only if its checksum matches).
+* A training run may prune the checkpoint being read (``keep_checkpoints``): a reader of a
+  run directory whose checkpoint disappears mid-read takes the newest one again (up to
+  ``PRUNED_RETRIES`` times) instead of failing.
+* ``export_checkpoint`` writes only into a new or empty directory or a previous export
+  (`models.export.export_hf`), never inside a run's ``checkpoints/``.
 """
 
 from __future__ import annotations
@@ -22,15 +30,18 @@ import warnings
 from pathlib import Path
 
 import torch
-import yaml
 
 from nexus_optim.models.export import export_hf
+from nexus_optim.runtime import one_line
 from nexus_optim.train.checkpoint import (MANIFEST, WEIGHT_FILES, CheckpointError,
                                           find_checkpoint, load_weights, read_manifest, read_meta,
                                           verify_checkpoint)
 
 #: files ``nexus eval`` reads from a checkpoint, hashed before use when listed
 READ_FILES = (*WEIGHT_FILES, "meta.json", "prepared.json")
+#: times a reader of a run directory takes the newest checkpoint again when the one it
+#: chose was pruned by a training run while it read it
+PRUNED_RETRIES = 5
 
 
 def _verify_for_reading(ckpt: Path) -> None:
@@ -51,8 +62,13 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return p
     if not p.is_dir():
         raise ValueError(f"checkpoint: {str(p)!r} is neither a checkpoint nor a run directory")
-    ckpt, bad = find_checkpoint(p / "checkpoints", need=WEIGHT_FILES, digest=READ_FILES,
-                                legacy_ok=True, only=READ_FILES)
+    for _ in range(PRUNED_RETRIES + 1):
+        ckpt, bad = find_checkpoint(p / "checkpoints", need=WEIGHT_FILES, digest=READ_FILES,
+                                    legacy_ok=True, only=READ_FILES)
+        # one that vanished while being verified was pruned by a training run, not damaged
+        if all(b.exists() for b, _ in bad) and (ckpt is None or ckpt.exists()):
+            break
+    bad = [(b, reason) for b, reason in bad if b.exists()]
     if ckpt is None:
         if bad:
             why = "; ".join(f"{b.name}: {reason}" for b, reason in bad[:3])
@@ -150,7 +166,7 @@ def recorded_data(ckpt: str | Path, data_dir: str | Path | None = None):
             raise TypeError("paths must be strings")
     except (OSError, ValueError, TypeError, AttributeError) as e:
         raise CheckpointError(f"checkpoint: {str(src)!r} is damaged ({type(e).__name__}: "
-                              f"{' '.join(str(e).split())[:200]})") from None
+                              f"{one_line(e, 200)})") from None
     old_root = Path(prepared.data_dir) if prepared.data_dir else None
     if data_dir is not None:
         new_root = Path(data_dir).resolve()
@@ -170,8 +186,11 @@ def recorded_data(ckpt: str | Path, data_dir: str | Path | None = None):
                 f"the run's prepared data is missing: {p!r} ({where}, recorded in {str(src)!r}); "
                 "pass --data-dir DIR (a copy of that cache), or --prepare-data to rebuild it "
                 "from the checkpoint's config.yaml")
-    if data_dir is not None and hasattr(prepared, "verify"):
-        prepared.verify()  # a copy of the cache: the same bytes as the run's (recorded sha256)
+    # the run's own cache or a copy of it: the same bytes as the run's (recorded sha256)
+    if not prepared.checksums or not prepared.tokenizer_sha256:
+        warnings.warn(f"{str(src)!r} records no checksums (an older nexus): the run's data files "
+                      "are not verified", RuntimeWarning, stacklevel=2)
+    prepared.verify()
     return prepared
 
 
@@ -184,9 +203,20 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu",
     ``prepare=True`` builds it from the checkpoint's config instead (into ``data_dir``
     if given): only for checkpoints you trust.
     """
+    for attempt in range(PRUNED_RETRIES + 1):
+        ckpt = resolve_checkpoint(path)
+        try:
+            return _load_trained(ckpt, device, data_dir, prepare)
+        except (ValueError, OSError):
+            # a run dir's checkpoint pruned mid-read by a training run: the newest again
+            if ckpt.exists() or Path(path).resolve() == ckpt.resolve() or attempt == PRUNED_RETRIES:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _load_trained(ckpt: Path, device, data_dir, prepare):
     from nexus_optim.models.presets import build_model
 
-    ckpt = resolve_checkpoint(path)
     cfg = checkpoint_config(ckpt, validate_data=prepare,
                             data_dir=str(data_dir) if data_dir is not None else None)
     if prepare:
@@ -203,7 +233,7 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu",
                         max_seq_len=cfg.model.seq_len, **cfg.model.overrides)
     load_weights(ckpt, model)
     meta = read_meta(ckpt)
-    state = {"step": meta.get("step"), "tokens": meta.get("tokens")}
+    state = {"step": meta.get("step"), "tokens": meta.get("tokens"), "checkpoint": ckpt}
     return model.to(device).eval(), cfg, prepared, state
 
 
@@ -212,8 +242,13 @@ def export_checkpoint(path: str | Path, out_dir: str | Path, data_dir: str | Pat
     """`export_hf` of a checkpoint directory or a run directory's newest usable checkpoint
     (weights, config and the run's tokenizer only; ``data_dir`` / ``prepare`` as for
     `load_trained`)."""
-    ckpt = resolve_checkpoint(path)
-    model, cfg, prepared, state = load_trained(ckpt, data_dir=data_dir, prepare=prepare)
+    from nexus_optim.models.export import check_export_dir
+    from nexus_optim.train.rundir import refuse_run_files
+
+    refuse_run_files(out_dir, "export")  # before loading anything: refused targets cost nothing
+    check_export_dir(out_dir)
+    model, cfg, prepared, state = load_trained(path, data_dir=data_dir, prepare=prepare)
+    ckpt = state["checkpoint"]
     meta = {"checkpoint": str(ckpt.resolve()), "step": state.get("step"),
             "tokens": state.get("tokens"), "preset": cfg.model.preset, "seq_len": cfg.model.seq_len}
     return export_hf(model.float(), prepared.tokenizer(), out_dir, max_length=cfg.model.seq_len, meta=meta)

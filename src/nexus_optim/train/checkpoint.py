@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 
+from nexus_optim.runtime import one_line
+
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 MANIFEST = "checksums.json"
 MANIFEST_VERSION = 1
@@ -118,7 +120,7 @@ def clean_stale_tmp(ckpt_root: str | Path) -> list[Path]:
     mid-prune). Only call while holding the run directory's lock."""
     root = Path(ckpt_root)
     removed = []
-    if root.is_dir():
+    if root.is_dir() and not root.is_symlink():  # never delete through a link
         for p in sorted(root.iterdir()):
             if p.name.startswith(".tmp-"):
                 if p.is_dir() and not p.is_symlink():
@@ -142,9 +144,27 @@ def save_checkpoint(ckpt_root: str | Path, step: int, model: torch.nn.Module,
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
+    try:
+        _write_files(tmp, step, model, optimizer_state, trainer_state, config_yaml, meta,
+                     extra_files)
+    except BaseException:  # e.g. disk full: free what was written, keep the older checkpoints
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        _remove_atomically(final, "replaced")
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    for old in list_checkpoints(root)[:-keep]:
+        _remove_atomically(old, "pruned")
+    return final
+
+
+def _write_files(tmp: Path, step: int, model, optimizer_state, trainer_state, config_yaml, meta,
+                 extra_files) -> None:
     save_model(model, str(tmp / "model.safetensors"))
-    torch.save(optimizer_state, tmp / "optimizer.pt")
-    torch.save(trainer_state, tmp / "trainer.pt")
+    for name, obj in (("optimizer.pt", optimizer_state), ("trainer.pt", trainer_state)):
+        with open(tmp / name, "wb") as f:  # through a file object, a full disk is OSError ENOSPC
+            torch.save(obj, f)
     (tmp / "config.yaml").write_text(config_yaml)
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
     for name, text in (extra_files or {}).items():
@@ -158,13 +178,6 @@ def save_checkpoint(ckpt_root: str | Path, step: int, model: torch.nn.Module,
                                    indent=1))
     _fsync_file(manifest)
     _fsync_dir(tmp)
-    if final.exists():
-        _remove_atomically(final, "replaced")
-    os.replace(tmp, final)
-    _fsync_dir(root)
-    for old in list_checkpoints(root)[:-keep]:
-        _remove_atomically(old, "pruned")
-    return final
 
 
 # ----------------------------------------------------------------------------- finding
@@ -198,7 +211,7 @@ def read_manifest(path: str | Path) -> dict | None:
             raise TypeError("bad entries")
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"checkpoint: {str(m)!r} is damaged ({type(e).__name__}: "
-                              f"{_one_line(e)})") from None
+                              f"{one_line(e)})") from None
     return data
 
 
@@ -268,11 +281,6 @@ def find_checkpoint(ckpt_root: str | Path, need: Iterable[str] = RESUME_FILES,
 
 
 # ----------------------------------------------------------------------------- loading
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return text[:300] + ("..." if len(text) > 300 else "")
-
-
 def safe_torch_load(path: str | Path) -> Any:
     """``torch.load(weights_only=True)`` on CPU; any failure is one CheckpointError line."""
     import pickle
@@ -289,7 +297,7 @@ def safe_torch_load(path: str | Path) -> Any:
         raise CheckpointError(f"checkpoint: {str(path)!r} is missing") from None
     except Exception as e:  # truncated zip, bad header, ...
         raise CheckpointError(f"checkpoint: cannot load {str(path)!r} ({type(e).__name__}: "
-                              f"{_one_line(e)})") from None
+                              f"{one_line(e)})") from None
 
 
 def load_weights(path: str | Path, model: torch.nn.Module) -> None:
@@ -302,7 +310,7 @@ def load_weights(path: str | Path, model: torch.nn.Module) -> None:
         load_model(model, str(f))
     except Exception as e:
         raise CheckpointError(f"checkpoint: cannot load {str(f)!r} into the model "
-                              f"({type(e).__name__}: {_one_line(e)})") from None
+                              f"({type(e).__name__}: {one_line(e)})") from None
 
 
 def load_checkpoint(path: str | Path, model: torch.nn.Module, verify: bool = True

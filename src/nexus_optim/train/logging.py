@@ -1,8 +1,15 @@
-"""Metrics: JSONL (one record per line) + TensorBoard, on the main process only."""
+"""Metrics: JSONL (one record per line) + TensorBoard, on the main process only.
+
+A torn last line (what a full disk, a power loss or a kill mid-append leaves) is dropped
+with a one-line warning naming the file, by ``read_metrics`` and on resume; any other
+line that is not a JSON record with a ``step`` is a one-line ValueError naming
+``file:line``.
+"""
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 from nexus_optim.runtime import write_text
@@ -21,8 +28,7 @@ class MetricsLogger:
         if not enabled:
             return
         if resume_step is not None and self.path.exists():
-            kept = [l for l in self.path.read_text().splitlines()
-                    if l.strip() and json.loads(l)["step"] <= resume_step]
+            kept = [json.dumps(r) for r in read_metrics(self.path) if r["step"] <= resume_step]
             write_text(self.path, "".join(l + "\n" for l in kept))
         elif resume_step is None and self.path.exists():
             self.path.unlink()
@@ -47,8 +53,31 @@ class MetricsLogger:
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """All records of a ``metrics.jsonl`` (or of ``RUN_DIR/metrics.jsonl``)."""
+    """All records of a ``metrics.jsonl`` (or of ``RUN_DIR/metrics.jsonl``); a torn last
+    line is dropped with a warning (module docstring)."""
     p = Path(path)
     if p.is_dir():
         p = p / "metrics.jsonl"
-    return [json.loads(l) for l in p.read_text().splitlines() if l.strip()]
+    try:
+        text = p.read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise ValueError(f"metrics: cannot read {str(p)!r} ({e.strerror or e})") from None
+    lines = text.split("\n")
+    records = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+            if not isinstance(r, dict) or not isinstance(r.get("step"), int):
+                raise ValueError("not a record with an integer 'step'")
+        except ValueError as e:
+            if all(not rest.strip() for rest in lines[i:]) and not text.endswith("\n"):
+                warnings.warn(f"{str(p)!r}: dropped a torn last line (line {i}, {len(line)} "
+                              "characters without a newline: an interrupted write)",
+                              RuntimeWarning, stacklevel=2)
+                break
+            raise ValueError(f"{p}:{i}: not a metrics record ({type(e).__name__}: "
+                             f"{str(e)[:100]})") from None
+        records.append(r)
+    return records

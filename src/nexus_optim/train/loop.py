@@ -22,7 +22,15 @@ every rank's sampler and RNG state.
 
 The run directory (``train/rundir.py``, docs/reliability.md): rank 0 locks it for the
 run's lifetime and decides how the run starts (new / overwrite / resume /
-resume-or-start); a resumed run must keep its optimizer, model, data and tokens per step.
+resume-or-start); a resumed run must keep its optimizer, model, data (the checksums of
+its prepared shards and tokenizer) and tokens per step. Every top-level entry the run
+creates is recorded in its manifest first (``rundir.record_created``).
+
+Stops: SIGINT (Ctrl-C) or SIGTERM during ``run()`` lets the current outer step finish,
+saves a checkpoint there and raises `TrainingStopped` (exit code 130 / 143, one line
+saying how to resume); a second signal stops at once. A full disk (ENOSPC / EDQUOT,
+from any write: checkpoint, metrics, TensorBoard, export) raises `TrainingStopped` (exit
+code 1) naming the path and the checkpoint a resume continues from.
 """
 
 from __future__ import annotations
@@ -30,6 +38,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import signal
+import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -45,28 +57,85 @@ from nexus_optim.eval.losses import evaluate_sources
 from nexus_optim.models.export import export_hf
 from nexus_optim.models.presets import build_model, count_params
 from nexus_optim.optim.distributed import backward_context, ddp_kwargs
-from nexus_optim.runtime import autocast_for, pick_device, write_text
-from nexus_optim.train.checkpoint import (CheckpointError, load_checkpoint, rng_state,
-                                          save_checkpoint, set_rng_state)
+from nexus_optim.runtime import autocast_for, is_disk_full, one_line, pick_device, write_text
+from nexus_optim.train.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint,
+                                          rng_state, save_checkpoint, set_rng_state)
 from nexus_optim.train.config import Config, save_config
 from nexus_optim.train.distributed import replica_mismatches, setup_distributed
 from nexus_optim.train.logging import MetricsLogger
 from nexus_optim.train.optimizers import build_optimizer, gamma_record, step_protocol
 from nexus_optim.train.run_info import run_meta
-from nexus_optim.train.rundir import open_run_dir
+from nexus_optim.train.rundir import open_run_dir, record_created, record_progress
 from nexus_optim.train.schedules import build_scheduler
 from nexus_optim.train.step import at_outer_weights, data_parallel_modes, outer_step, step_counters
 
 
 def build_sampler(cfg: Config, prepared, rank: int = 0, world: int = 1) -> MixtureSampler:
-    """The training mixture; rank r of w draws from seed stream (seed, r)."""
+    """The training mixture: every rank follows the same source schedule (seed) and draws
+    its own windows (rank); ``world`` is unused (kept for callers)."""
     train = {s: prepared.load(s, "train") for s, r in prepared.roles.items()
              if r == "train" and prepared.weights[s] > 0}
-    seed = cfg.train.seed if world == 1 else cfg.train.seed * 1000 + rank
     return MixtureSampler(train, {s: prepared.weights[s] for s in train}, cfg.model.seq_len,
                           cfg.train.micro_batch_size, mode=cfg.train.sampling,
                           group_size=cfg.optim.inner_steps,
-                          shuffle_sources=cfg.train.shuffle_sources, seed=seed)
+                          shuffle_sources=cfg.train.shuffle_sources, seed=cfg.train.seed, rank=rank)
+
+
+class TrainingStopped(Exception):
+    """The run stopped before ``train.steps`` (a signal, a full disk) after saving what it
+    could; the message is one line saying how to resume; ``exit_code`` for the shell."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+#: signals that stop a run at the end of the current outer step, and their exit codes
+STOP_SIGNALS = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+def recorded_prepared(prepared) -> str:
+    """The JSON of the run's prepared data as recorded (``prepared.json``): every path
+    absolute, so that ``nexus eval`` reads the same files from any directory."""
+    d = dataclasses.asdict(prepared)
+    d["tokenizer_path"] = os.path.abspath(d["tokenizer_path"])
+    d["shards"] = {s: {split: os.path.abspath(f) for split, f in splits.items()}
+                   for s, splits in d["shards"].items()}
+    if d.get("data_dir"):
+        d["data_dir"] = os.path.abspath(d["data_dir"])
+    return json.dumps(d, indent=1, sort_keys=True)
+
+
+def check_resume_data(ckpt: Path, prepared) -> None:
+    """Refuse to resume ``ckpt`` on data whose checksums differ from those it recorded
+    (a shard or tokenizer changed or rebuilt since): one line naming the first one."""
+    f = ckpt / "prepared.json"
+    if not f.is_file():
+        return  # a checkpoint from before prepared.json: nothing recorded to compare
+    try:
+        old = json.loads(f.read_text())
+        old_sums = old.get("checksums") or {}
+        old_tok = old.get("tokenizer_sha256") or ""
+        if not isinstance(old_sums, dict) or not isinstance(old_tok, str):
+            raise TypeError("checksums")
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"--resume: cannot read {str(f)!r} ({type(e).__name__})") from None
+    diffs = []
+    if old_tok and prepared.tokenizer_sha256 and old_tok != prepared.tokenizer_sha256:
+        diffs.append(f"the tokenizer {prepared.tokenizer_path!r}")
+    for source, splits in (prepared.checksums or {}).items():
+        for split, sha in splits.items():
+            was = (old_sums.get(source) or {}).get(split) if isinstance(old_sums.get(source), dict) else None
+            if was and sha and was != sha:
+                diffs.append(f"{source}/{split} ({prepared.shards[source][split]!r})")
+    if set(old_sums) and set(prepared.checksums or {}) and set(old_sums) != set(prepared.checksums):
+        diffs.append(f"the sources ({', '.join(sorted(old_sums))} in the checkpoint)")
+    if diffs:
+        raise ValueError(
+            f"--resume: the prepared data differs from what checkpoint {str(ckpt)!r} trained on: "
+            f"{', '.join(diffs[:3])}{' and more' if len(diffs) > 3 else ''} "
+            "(SHA-256 differs from the checkpoint's prepared.json: the cache was changed or "
+            "rebuilt); resume with the run's original data (data.data_dir), or start a new run")
 
 
 def start_mode(resume: bool | str = False, overwrite: bool = False) -> str:
@@ -114,8 +183,10 @@ class Trainer:
         resume_from = Path(verdict[1]) if verdict[1] else None
         try:
             self._setup(resume_from)
-        except BaseException:
+        except BaseException as e:
             self.release()  # e.g. a checkpoint refused by _restore: the directory is free again
+            if isinstance(e, Exception) and is_disk_full(e):
+                raise self._disk_full(e) from None
             raise
 
     def _setup(self, resume_from: Path | None) -> None:
@@ -130,6 +201,8 @@ class Trainer:
         self.prepared = self.dist.main_first(
             lambda: prepare_data(cfg.data, progress=t.progress and main))
         self.prepared.check_seq_len(cfg.model.seq_len)  # a too-short split fails now, not at eval
+        if resume_from is not None and main:
+            check_resume_data(resume_from, self.prepared)  # before anything is written
         self.tokenizer = self.prepared.tokenizer()
         init_seed = t.seed if cfg.model.init_seed is None else cfg.model.init_seed
         self.model = build_model(cfg.model.preset, vocab_size=len(self.tokenizer),
@@ -143,6 +216,7 @@ class Trainer:
                                          cfg.schedule.decay_fraction)
         self.sampler = build_sampler(cfg, self.prepared, rank, world)
         self.step, self.tokens = 0, 0
+        self._saved_step = None  # the last step checkpointed (a stop saves unless it is this one)
         if resume_from is not None:  # every rank, into the plain module, before DDP
             self._restore(resume_from)
         self.ddp = None  # the DDP wrapper (WORLD_SIZE > 1); self.model stays the plain module
@@ -154,12 +228,15 @@ class Trainer:
                 **ddp_kwargs(self.sync_mode))
         net = self.ddp if self.ddp is not None else self.model
         self.forward = torch.compile(net) if cfg.model.compile else net
+        if main:
+            record_created(self.out, "metrics.jsonl", "tb")
         self.logger = MetricsLogger(self.out, enabled=main,
                                     resume_step=self.step if resume_from else None)
         self.meta = {}
         # the run's own prepared data, which `nexus eval` reads (never the config's sources)
-        self.prepared_json = json.dumps(dataclasses.asdict(self.prepared), indent=1, sort_keys=True)
+        self.prepared_json = recorded_prepared(self.prepared)
         if main:
+            record_created(self.out, "config.yaml", "prepared.json", "meta.yaml")
             save_config(cfg, self.out / "config.yaml")
             write_text(self.out / "prepared.json", self.prepared_json)
             extra = {"world_size": world, "inner_sync": self.sync_mode} if world > 1 else {}
@@ -167,7 +244,7 @@ class Trainer:
                                           "resumed_from": str(resume_from) if resume_from else None,
                                           "tokens_per_step": self.tokens_per_step(),
                                           **gamma_record(cfg.optim, self.optimizer), **extra})
-            (self.out / "meta.yaml").write_text(yaml.safe_dump(self.meta, sort_keys=False))
+            write_text(self.out / "meta.yaml", yaml.safe_dump(self.meta, sort_keys=False))
         self.dist.barrier()
 
     def tokens_per_step(self) -> int:
@@ -222,12 +299,15 @@ class Trainer:
                 trainer_state["ranks"] = ranks
             opt_state = {"optimizer": self.optimizer.state_dict(),
                          "scheduler": self.scheduler.state_dict()}
+            record_created(self.out, "checkpoints")
             path = save_checkpoint(self.out / "checkpoints", self.step, self.model, opt_state,
                                    trainer_state,
                                    yaml.safe_dump(self.cfg.to_dict(), sort_keys=False),
                                    {**self.meta, "step": self.step, "tokens": self.tokens},
                                    keep=self.cfg.train.keep_checkpoints,
                                    extra_files={"prepared.json": self.prepared_json})
+            record_progress(self.out, last_checkpoint=self.step)
+        self._saved_step = self.step
         self.dist.barrier()
         return path
 
@@ -249,14 +329,17 @@ class Trainer:
             self.sampler.load_state_dict(mine["sampler"])
             set_rng_state(mine["rng"])
             self.step, self.tokens = int(trainer_state["step"]), int(trainer_state["tokens"])
+            self._saved_step = self.step
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
-            msg = " ".join(str(e).split())[:300]
+            msg = one_line(e)
             raise CheckpointError(f"--resume: {str(where)!r} does not fit this run "
                                   f"({type(e).__name__}: {msg})") from None
 
     def export_hf(self, out_dir: str | Path | None = None) -> Path:
         """``save_pretrained`` + tokenizer (EOS-prefixing, as in training), loadable with
         ``AutoModelForCausalLM`` / ``AutoTokenizer`` and ``lm_eval --model hf``."""
+        if out_dir is None:
+            record_created(self.out, "hf")
         return export_hf(self.model, self.tokenizer, out_dir or self.out / "hf",
                          max_length=self.cfg.model.seq_len,
                          meta={**self.meta, "step": self.step, "tokens": self.tokens})
@@ -267,10 +350,74 @@ class Trainer:
         interruption would: no final export). Releases the run-directory lock at the end."""
         if self.dist.is_main and self.lock is not None and not self.lock.held:
             self.lock.acquire()  # run() again after a previous run() released it
+        previous = self._catch_stop_signals()
         try:
             return self._run(until)
+        except TrainingStopped:
+            raise
+        except Exception as e:
+            if is_disk_full(e):
+                raise self._disk_full(e) from None
+            raise
         finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             self.release()
+
+    # --------------------------------------------------------------------------- stops
+    def _catch_stop_signals(self) -> dict:
+        """SIGINT / SIGTERM set a flag read at the end of each outer step (`_stop_requested`);
+        the previous handlers come back at once, so a second signal stops immediately.
+        Only in the main thread (Python delivers signals there)."""
+        self._stop_signal = None
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+
+        def handler(signum, _frame):
+            self._stop_signal = signum
+            for sig, h in previous.items():
+                signal.signal(sig, h)
+            if self.dist.is_main:
+                print(f"nexus train: {signal.Signals(signum).name} received: stopping after this "
+                      f"outer step and saving a checkpoint (send it again to stop at once, "
+                      f"without saving)", file=sys.stderr, flush=True)
+
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, handler)
+        return previous
+
+    def _stop_requested(self) -> int | None:
+        """The signal that asked this run (any rank) to stop, agreed by every rank."""
+        mine = int(self._stop_signal or 0)
+        if self.dist.enabled and self.dist.mean(float(mine > 0), self.device) > 0:
+            return mine or int(signal.SIGTERM)  # one number per step: all ranks stop together
+        return mine or None
+
+    def _stop(self, signum: int) -> TrainingStopped:
+        """Save a checkpoint at this outer step (unless just saved) and say how to resume."""
+        if self._saved_step != self.step:
+            self.save()
+        self.logger.close()
+        name = signal.Signals(signum).name
+        ckpt = self.out / "checkpoints" / f"step_{self.step:06d}"
+        return TrainingStopped(
+            f"stopped by {name} after step {self.step} of {self.cfg.train.steps}; saved "
+            f"checkpoint {str(ckpt)!r}; to continue, rerun the same nexus train command with "
+            f"--resume (train.out_dir {str(self.out)!r})", STOP_SIGNALS.get(signum, 1))
+
+    def _disk_full(self, e: BaseException) -> TrainingStopped:
+        where, cur = None, e
+        while cur is not None and where is None:
+            where = getattr(cur, "filename", None)
+            cur = cur.__cause__ or cur.__context__
+        last = latest_checkpoint(self.out / "checkpoints")
+        then = (f"continues from checkpoint {last.name!r}" if last is not None
+                else "starts over (no checkpoint was written)")
+        return TrainingStopped(
+            f"the disk is full (No space left on device) writing "
+            f"{str(where) if where else 'under ' + repr(str(self.out))}; free space on that file "
+            f"system and rerun the same nexus train command with --resume (it {then})", 1)
 
     def release(self) -> None:
         """Release the run-directory lock (rank 0); ``run()`` and ``close()`` do."""
@@ -297,12 +444,18 @@ class Trainer:
             bar.update(1)
             for callback in self.callbacks:
                 callback(self)
+            stop_signal = self._stop_requested()
+            if stop_signal is not None and self.step < t.steps:
+                bar.close()
+                raise self._stop(stop_signal)
         bar.close()
         self.logger.close()
         if t.export_hf and self.step == t.steps:
             if self.dist.is_main:
                 self.export_hf()
             self.dist.barrier()
+        if self.dist.is_main and self.step == t.steps:
+            record_progress(self.out, finished=True)
         return {"step": self.step, "tokens": self.tokens, **self._last_eval}
 
     def _after_step(self, metrics: dict, bar) -> None:
