@@ -78,9 +78,9 @@ def test_eval_at_an_anchor_is_free_and_exact():
         _micro(model, opt, i)
     before = _weights(model)
     with opt.outer_weights():
-        assert opt._probe is None  # nothing copied at an anchor
+        assert opt.loop.probe is None  # nothing copied at an anchor
         assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    assert not opt._eval_mode
+    assert not opt.loop.eval_mode
 
 
 def test_state_dict_taken_in_eval_mode_resumes_exactly():
@@ -190,14 +190,16 @@ def test_bf16_parameters_keep_fp32_anchor_and_trajectory_through_load():
     opt = _opt(model)
     for i in range(K + 1):
         _micro(model, opt, i)
-    opt2 = _opt(_model(dtype=torch.bfloat16))
+    model2 = _model(dtype=torch.bfloat16)
+    opt2 = _opt(model2)
     opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
-    for p in opt2._params:
+    for p in model2.parameters():
         assert opt2.state[p]["nexus_anchor"].dtype == torch.float32
         assert opt2.state[p]["nexus_trajectory"].dtype == torch.float32
         assert opt2.state[p]["exp_avg"].dtype == torch.bfloat16  # torch's own cast
 
 
+@pytest.mark.stored
 def test_loads_the_0_1_format_and_continues():
     """tests/optim/data/nexus_v0_1_state.pt was written by nexus-optim 0.1 (commit
     3183c1e): a mid-loop state dict plus the weights that run reached 6 micro-batches
@@ -242,6 +244,7 @@ def _v0_2_micro(model, opt, i):
     opt.zero_grad()
 
 
+@pytest.mark.stored
 @pytest.mark.filterwarnings("ignore:Nexus. 1 of")
 @pytest.mark.parametrize("case", sorted(k for k in V0_2 if k != "about"))
 def test_loads_the_0_2_format_and_continues(case):
@@ -326,7 +329,7 @@ def test_rng_state_loads_from_any_device_mapping():
     sd["state"][0]["nexus_rng"] = sd["state"][0]["nexus_rng"].to(torch.int64)  # as if cast
     opt2 = _opt(_model(), inner_norm="random", seed=99)
     opt2.load_state_dict(sd)
-    assert torch.equal(opt2._generator.get_state(), opt._generator.get_state())
+    assert torch.equal(opt2.loop.generator.get_state(), opt.loop.generator.get_state())
 
 
 # --------------------------------------------------------------------- factory

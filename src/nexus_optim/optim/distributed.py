@@ -35,7 +35,7 @@ from torch import Tensor
 
 from nexus_optim.optim import functional
 
-INNER_SYNCS = ("none", "sync", "local")
+INNER_SYNC_MODES = ("none", "sync", "local")  # Nexus(inner_sync=...), besides "auto" and None
 DEFAULT_BUCKET_CAP_MB = 25.0
 
 
@@ -85,10 +85,10 @@ def resolve_inner_sync(inner_sync: str | None, params: Iterable[Tensor] = (), gr
         return "none"
     if inner_sync == "auto":
         return "sync" if is_distributed() and world_size(group) > 1 else "none"
-    if inner_sync not in INNER_SYNCS:
+    if inner_sync not in INNER_SYNC_MODES:
         raise ValueError(
             f"inner_sync: {inner_sync!r} is not one of 'auto', None, "
-            + ", ".join(repr(a) for a in INNER_SYNCS)
+            + ", ".join(repr(a) for a in INNER_SYNC_MODES)
         )
     if inner_sync == "local":
         if not is_distributed():
@@ -149,7 +149,7 @@ def random_direction(like: list[Tensor], generator: torch.Generator) -> tuple[li
     """
     cls = _dtensor_type()
     if cls is None or not any(isinstance(t, cls) for t in like):
-        dirs = functional.random_direction(like, generator)
+        dirs = functional.gaussian_like(like, generator)
         return dirs, functional.global_norm(dirs)
     from torch.distributed.tensor import distribute_tensor
 

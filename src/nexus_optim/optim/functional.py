@@ -65,7 +65,7 @@ def mask_nonfinite_(grads: list[Tensor], finite: Tensor) -> None:
         torch.where(finite, g, torch.zeros((), dtype=g.dtype, device=g.device), out=g)
 
 
-def random_direction(like: list[Tensor], generator: torch.Generator) -> list[Tensor]:
+def gaussian_like(like: list[Tensor], generator: torch.Generator) -> list[Tensor]:
     """Gaussian vectors shaped like ``like`` (fp32): ONE flat ``randn`` over all of
     them (one RNG call however many tensors or groups), split into views. Not yet
     normalized: the move scales by 1/||u|| over the whole vector."""

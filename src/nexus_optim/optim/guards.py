@@ -1,8 +1,8 @@
 """Refuse hosts that would silently change the Nexus update (torch only; imports nothing).
 
-``check_host(opt)`` is meant to run at the top of ``Nexus.step()`` (and ``Nexus.train()``,
-which transformers.Trainer calls before every micro-batch). It walks a few caller frames
-looking for the two wrappers that call ``step()`` on a user's behalf:
+``check_host(opt, checked)`` runs in ``Nexus.step()`` at the first micro-batch of every
+outer step (a host that skips or clips micro-batches shows at the first one). It walks a
+few caller frames looking for the two wrappers that call ``step()`` on a user's behalf:
 
 - accelerate's ``AcceleratedOptimizer`` with ``gradient_accumulation_steps > 1``: it skips
   ``step()`` on every non-final micro-batch of an ``accelerator.accumulate()`` window,
@@ -14,8 +14,9 @@ looking for the two wrappers that call ``step()`` on a user's behalf:
 
 ``nexus_optim.integrations.NexusTrainer`` (whose class sets ``_nexus_managed = True``)
 handles both and is let through. Nothing is imported: the classes are recognised by
-their module and name, so the check costs a few frame look-ups per call. Each host is
-checked once per optimizer.
+their module and name, so the check costs a few frame look-ups per outer step (none
+unless accelerate or transformers is imported). Each host is checked once per
+``checked`` set (``Nexus`` keeps one: warned once per optimizer).
 """
 
 from __future__ import annotations
@@ -73,14 +74,15 @@ def _find_hosts(opt: Any) -> tuple[Any, Any]:
     return accelerated, trainer
 
 
-def check_host(opt: Any) -> None:
-    """Raise ``HostError`` (or warn) if the caller would silently change the algorithm."""
+def check_host(opt: Any, checked: set | None = None) -> None:
+    """Raise ``HostError`` (or warn) if the caller would silently change the algorithm.
+    ``checked``: the hosts already checked (updated; None: check every time)."""
     accelerated, trainer = _find_hosts(opt)
     if accelerated is None and trainer is None:
         return
     if trainer is not None and getattr(trainer, "_nexus_managed", False):
         return
-    checked = opt.__dict__.setdefault("_nexus_hosts_checked", set())
+    checked = set() if checked is None else checked
     key = (id(accelerated), id(trainer))
     if key in checked:
         return

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Mapping
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
@@ -32,6 +33,7 @@ from torch.optim import Optimizer
 from nexus_optim.optim import distributed as dist_ops
 from nexus_optim.optim import checks, functional, guards
 from nexus_optim.optim import state as nexus_state
+from nexus_optim.optim.loop_state import LoopState, Settings
 from nexus_optim.optim.plan import Plan, state_dtype
 
 
@@ -72,6 +74,8 @@ class Nexus(Optimizer):
 
     Attributes:
         outer: the outer optimizer; ``self.param_groups is self.outer.param_groups``.
+        loop: the loop state (``loop_state.LoopState``), read by the properties below.
+        inner_steps: K; may be changed between outer steps (``inner_step == 0``).
         outer_steps: number of completed outer steps.
         inner_step: position in the current inner loop, 0..K-1 (0 = at an anchor).
         last_step_was_outer: whether the last ``step()`` completed an outer step.
@@ -103,63 +107,82 @@ class Nexus(Optimizer):
         checks.check_arguments(lr=lr, inner_lr=inner_lr, inner_steps=inner_steps,
                                inner_norm=inner_norm, outer_grad=outer_grad,
                                max_grad_norm=max_grad_norm, inner_eps=inner_eps)
-        self.outer: Optimizer = checks.build_outer(outer, params, lr, outer_kwargs)
+        self.outer: Optimizer = checks.build_outer(outer, params, lr, outer_kwargs, Nexus)
         defaults = dict(self.outer.defaults, lr=lr, inner_lr=inner_lr)
+        self.loop = LoopState()  # everything that changes from one step() to the next
         self.inner_steps, self.inner_norm, self.outer_grad = inner_steps, inner_norm, outer_grad
         self.max_grad_norm, self.inner_lr_follows_lr = max_grad_norm, inner_lr_follows_lr
         self.seed, self.inner_eps = seed, inner_eps
-        self.outer_steps = 0
-        self.inner_step = 0
-        self.last_step_was_outer = False
-        self._skipped_before = 0  # skipped in completed outer steps (host)
-        self._finite_count: Tensor | None = None  # finite micro-batches in this loop (device)
-        self._warned_nonfinite = False
-        self._calls = 0
-        self._touched: set[tuple[bool, ...]] = set()  # grad patterns seen in this loop
-        self._generator: torch.Generator | None = None
-        self._probe: list[Tensor] | None = None  # the inner point while in eval mode
-        self._eval_mode = False
-        self._plans: dict[tuple[bool, ...], Plan] = {}
+        self._hosts_checked: set = set()  # guards.check_host: each host once
+        self._plans: dict[tuple[bool, ...], Plan] = {}  # by which parameters have a gradient
         self._initializing = True
         super().__init__(self.outer.param_groups, defaults)
         self._initializing = False
         self.param_groups = self.outer.param_groups  # same list, same dicts
-        self.state = nexus_state.NexusState(self)  # type: ignore[assignment]
+        self.state = nexus_state.NexusState(self.loop, self._counters)  # type: ignore[assignment]
+        # first post hook, so that later ones (users') see plain dicts, as before
+        self.register_state_dict_post_hook(self._pack_state_dict)
         for group in self.param_groups:
             self._init_group(group)
         self._reindex()
         self._sync = dist_ops.OuterGradSync(inner_sync, self._params, bucket_cap_mb,
                                             process_group)
         self.inner_sync = self._sync.mode
-        nexus_state.materialize_outer(self)
+        nexus_state.materialize_outer(self.outer, self._params)
         checks.warn_large_inner_lr(
             self.param_groups, inner_norm, float(dist_ops.grad_norms(
                 [p.detach() for p in self._params])[1]) if self._params else 0.0,
             len(self._params))
+
+    # ------------------------------------------------------------- loop state
+    @property
+    def inner_steps(self) -> int:
+        """K, micro-batches per outer step; may change only at an anchor (inner_step 0)."""
+        return self._inner_steps
+
+    @inner_steps.setter
+    def inner_steps(self, value: int) -> None:
+        checks.check_inner_steps(value)
+        if self.loop.inner_step != 0 and value != self._inner_steps:
+            raise RuntimeError(
+                f"inner_steps: can change only at an outer step boundary (inner_step is "
+                f"{self.loop.inner_step} of {self._inner_steps}, not 0)")
+        self._inner_steps = value
+
+    outer_steps = property(lambda self: self.loop.outer_steps, doc="completed outer steps")
+    inner_step = property(lambda self: self.loop.inner_step, doc="0..K-1 (0: at an anchor)")
+    last_step_was_outer = property(lambda self: self.loop.last_step_was_outer)
+    skipped_micro_batches = property(lambda self: self.loop.skipped(),
+                                     doc="non-finite micro-batches skipped (syncs when read)")
+
+    def _settings(self) -> Settings:
+        return Settings(self.inner_steps, self.inner_norm, self.outer_grad)
+
+    def _counters(self) -> list[Tensor]:  # the loop state as DCP carries it
+        return self.loop.to_counters(self._settings(), len(self._params))
 
     # ----------------------------------------------------------------- groups/state
     def _init_group(self, group: dict[str, Any]) -> None:
         group.setdefault("inner_lr", self.defaults["inner_lr"])
         checks.check_nonneg("inner_lr", group["inner_lr"])
         if self.outer_grad == "displacement" and group["inner_lr"] == 0:
-            raise ValueError(
-                "inner_lr: must be > 0 with outer_grad='displacement' "
-                "(use outer_grad='trajectory' for inner_lr=0)"
-            )
+            raise ValueError("inner_lr: must be > 0 with outer_grad='displacement' "
+                             "(use outer_grad='trajectory' for inner_lr=0)")
         group.setdefault("initial_lr", group["lr"])
+        checks.check_params(group["params"])
         for p in group["params"]:
             state = self.state[p]
             dtype = state_dtype(p)
             state["nexus_anchor"] = p.detach().to(dtype, copy=True)
             if self.outer_grad == "trajectory":
                 state["nexus_trajectory"] = torch.zeros_like(p, dtype=dtype)
-            if self.inner_norm == "random" and self._generator is None:
-                self._generator = torch.Generator(device=dist_ops.to_local([p])[0].device)
-                self._generator.manual_seed(self.seed)
+            if self.inner_norm == "random" and self.loop.generator is None:
+                self.loop.generator = torch.Generator(device=dist_ops.to_local([p])[0].device)
+                self.loop.generator.manual_seed(self.seed)
 
     def _reindex(self) -> None:
         self._params = [p for g in self.param_groups for p in g["params"]]
-        self._index = {id(p): i for i, p in enumerate(self._params)}
+        self.state.reindex(self._params, self.outer.state)
         self._plans = {}
         self._anchors = dist_ops.to_local(self._state_list(self._params, "nexus_anchor"))
         self._local_params = dist_ops.to_local(self._params)
@@ -169,19 +192,19 @@ class Nexus(Optimizer):
         if getattr(self, "_initializing", False):
             super().add_param_group(param_group)
             return
-        if self.inner_step != 0:
+        if self.loop.inner_step != 0:
             raise RuntimeError("add_param_group: only allowed at an outer step boundary "
-                               f"(inner_step is {self.inner_step}, not 0)")
+                               f"(inner_step is {self.loop.inner_step}, not 0)")
         self.outer.add_param_group(param_group)
         self._init_group(self.param_groups[-1])
         self._reindex()
 
     def _state_list(self, params: list[Tensor], key: str) -> list[Tensor]:
-        return [self.state[p][key] for p in params]
+        return [self.state.own[p][key] for p in params]
 
     def _step_size(self, group: dict[str, Any]) -> float:
         """The signed inner step of a group: -gamma (descend) or +gamma (maximize)."""
-        gamma = float(group["inner_lr"])
+        gamma = checks.group_inner_lr(group, self.param_groups)
         if self.inner_lr_follows_lr:
             initial = float(group.get("initial_lr", group["lr"]))
             gamma = gamma * float(group["lr"]) / initial if initial > 0 else 0.0
@@ -192,43 +215,35 @@ class Nexus(Optimizer):
         step = self._step_size(group)
         return -abs(step) if self.inner_norm == "random" else step
 
-    @property
-    def skipped_micro_batches(self) -> int:
-        """Micro-batches skipped for a non-finite gradient (syncs when read)."""
-        in_loop = 0
-        if self._finite_count is not None and self.inner_step > 0:
-            in_loop = self.inner_step - int(self._finite_count)
-        return self._skipped_before + in_loop
-
     # -------------------------------------------------------------- eval / train
     def eval(self) -> None:
         """Put the outer weights (the anchor) into the parameters, keeping the probe
         point; ``train()`` restores it. Idempotent; free at an anchor. HF Trainer
         calls it before evaluation (the schedule-free convention)."""
-        if self._eval_mode:
+        if self.loop.eval_mode:
             return
-        self._eval_mode = True
-        if self.inner_step == 0:
+        self.loop.eval_mode = True
+        if self.loop.inner_step == 0:
             return
         with torch.no_grad():
-            self._probe = [p.detach().clone() for p in self._params]
+            self.loop.probe = [p.detach().clone() for p in self._params]
             functional.restore_(self._local_params, self._anchors)
 
     def train(self) -> None:
         """Back to training: restore the probe point ``eval()`` stashed. Idempotent,
         and a no-op when not in eval mode (Trainer calls it every training step)."""
-        if not self._eval_mode:
+        if not self.loop.eval_mode:
             return
-        self._eval_mode = False
-        if self._probe is not None:
+        self.loop.eval_mode = False
+        if self.loop.probe is not None:
             with torch.no_grad():
-                torch._foreach_copy_(self._local_params, dist_ops.to_local(self._probe))
-            self._probe = None
+                torch._foreach_copy_(self._local_params, dist_ops.to_local(self.loop.probe))
+            self.loop.probe = None
 
     @contextlib.contextmanager
     def outer_weights(self) -> Iterator["Nexus"]:
         """``with opt.outer_weights(): evaluate(model)`` evaluates theta_t, not the probe."""
-        was_eval = self._eval_mode
+        was_eval = self.loop.eval_mode
         self.eval()
         try:
             yield self
@@ -241,42 +256,46 @@ class Nexus(Optimizer):
         key = tuple(p.grad is not None for p in self._params)
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._plans[key] = Plan(self, key)
-        self._touched.add(key)
+            checks.check_dense_grads(self._params)
+            traj = (self._state_list(self._params, "nexus_trajectory")
+                    if self.outer_grad == "trajectory" else None)
+            plan = self._plans[key] = Plan(self._params, self.param_groups, key, traj)
+        self.loop.touched.add(key)
         return plan
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """One inner move on the current gradients; every K-th call an outer step."""
-        guards.check_host(self)  # plain HF Trainer / accelerate accumulation: refuse
-        if self._eval_mode:
+        loop = self.loop
+        if loop.inner_step == 0:  # plain HF Trainer / accelerate accumulation: refuse
+            guards.check_host(self, self._hosts_checked)
+        if loop.eval_mode:
             raise RuntimeError("Nexus.step(): in eval mode; call opt.train() before stepping")
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self.last_step_was_outer = False
+        loop.last_step_was_outer = False
         if not any(p.grad is not None for p in self._params):
             return loss  # no gradient anywhere: change nothing
         plan = self._plan()
-        self._calls += 1
-        first, last = self.inner_step == 0, self.inner_step == self.inner_steps - 1
+        first, last = loop.inner_step == 0, loop.inner_step == self.inner_steps - 1
         if first:
+            checks.check_dense_grads(plan.params)
             functional.snapshot_(self._anchors, self._local_params)
-            self._finite_count = torch.zeros((), dtype=torch.int64,
-                                             device=self._local_params[0].device)
+            loop.begin_loop(self._local_params[0].device)
             if plan.traj_others:
                 torch._foreach_zero_(plan.traj_others)
         grads = [p.grad for p in plan.params]
         norms, total = dist_ops.grad_norms(grads)
         finite_t = torch.isfinite(total)
-        self._finite_count += finite_t
+        loop.finite += finite_t
         finite: Tensor | bool = bool(finite_t) if plan.on_cpu else finite_t
         trajectory = self.outer_grad == "trajectory"
         move = not (trajectory and last)
         random = None
         if self.inner_norm == "random" and move:
-            random = dist_ops.random_direction(plan.params, self._generator)
+            random = dist_ops.random_direction(plan.params, loop.generator)
         functional.inner_update_(
             plan.local_params, dist_ops.to_local(grads), norms, total, finite,
             slices=[(a, b, self._move_step(g)) for a, b, g in plan.groups],
@@ -284,28 +303,25 @@ class Nexus(Optimizer):
             accumulators=None if first and last else plan.traj, random=random,
             accumulate="fold" if last else ("copy" if first else "add"),
         )
-        self.inner_step += 1
-        if self.inner_step == self.inner_steps:
+        loop.inner_step += 1
+        if loop.inner_step == self.inner_steps:
             self._outer_step()
         return loss
 
     def _outer_step(self) -> None:
-        count = int(self._finite_count)  # the one host read per outer step
-        touched = [any(key[i] for key in self._touched) for i in range(len(self._params))]
-        self.inner_step = 0
-        self._touched = set()
-        self._finite_count = None
+        count, touched = self.loop.end_loop(self.inner_steps, len(self._params))
         skipped = self.inner_steps - count
-        self._skipped_before += skipped
-        if skipped and not self._warned_nonfinite:
-            self._warned_nonfinite = True
+        if skipped and not self.loop.warned_nonfinite:
+            self.loop.warned_nonfinite = True
             warnings.warn(
                 f"Nexus: {skipped} of {self.inner_steps} micro-batches had a non-finite "
-                f"gradient in outer step {self.outer_steps} and were skipped (counted in "
+                f"gradient in outer step {self.loop.outer_steps} and were skipped (counted in "
                 "skipped_micro_batches; warned once)", RuntimeWarning, stacklevel=3)
         params = [p for p, t in zip(self._params, touched) if t]
         if count == 0 and not self._sync.local:  # all non-finite: no outer step
             functional.restore_(self._local_params, self._anchors)
+            checks.check_weights_finite(self._state_list(self._params, "nexus_anchor"),
+                                        self.loop.outer_steps)
             return
         for p in params:
             if p.grad is None:  # had a gradient earlier in the loop, not at the last call
@@ -317,12 +333,14 @@ class Nexus(Optimizer):
         if self._sync.local:  # average G over ranks: one all-reduce per bucket
             params = self._sync.average_outer_grads(self._params, params, count > 0)
             if not params:  # no rank had a finite micro-batch: no outer step anywhere
+                checks.check_weights_finite(self._state_list(self._params, "nexus_anchor"),
+                                            self.loop.outer_steps)
                 return
         if self.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=True)
         self.outer.step()
-        self.outer_steps += 1
-        self.last_step_was_outer = True
+        self.loop.outer_steps += 1
+        self.loop.last_step_was_outer = True
 
     def _outer_gradient(self, params: list[Tensor], touched: list[bool], count: int) -> None:
         """p.grad <- G for the parameters touched in this loop (before the restore)."""
@@ -330,8 +348,11 @@ class Nexus(Optimizer):
             functional.trajectory_gradient_(dist_ops.to_local([p.grad for p in params]),
                                             max(count, 1))  # count 0 only in "local" mode
             return
+        offset = 0
         for group in self.param_groups:
-            ps = [p for p in group["params"] if touched[self._index[id(p)]]]
+            size = len(group["params"])
+            ps = [p for p, t in zip(group["params"], touched[offset:offset + size]) if t]
+            offset += size
             step = self._step_size(group)
             # G = (anchor - theta_K)/(gamma n); a maximizing group moved up: flip
             scale = -1.0 / (step * count) if step != 0 and count > 0 else 0.0
@@ -341,44 +362,39 @@ class Nexus(Optimizer):
                 dist_ops.to_local(ps), scale)
 
     # ------------------------------------------------------------------ state dict
-    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
-        """The outer optimizer's state dict with the Nexus state inside ``state``.
-
-        ``state[i]`` (i-th parameter in param-group order) gets ``nexus_anchor``,
-        ``nexus_trajectory`` (trajectory mode), ``nexus_counters`` (int64: outer
-        steps, inner step, finite micro-batches, skipped, calls, touched, last step
-        was outer) and, for i = 0, ``nexus_rng``; in eval mode mid loop also
-        ``nexus_probe``. So ``torch.distributed.checkpoint`` (which keeps only
-        ``state`` and ``param_groups``) carries all of it.
-        """
-        for hook in self._optimizer_state_dict_pre_hooks.values():
-            hook(self)
-        sd = self.outer.state_dict()
-        sd["state"] = nexus_state.pack(self, sd["state"])
-        for hook in self._optimizer_state_dict_post_hooks.values():
-            result = hook(self, sd)
-            if result is not None:
-                sd = result
+    def _pack_state_dict(self, _opt: Optimizer, sd: dict[str, Any]) -> dict[str, Any]:
+        """The first post hook of torch's own ``state_dict()``, which packs ``self.state``
+        (the outer state plus the ``nexus_*`` keys DCP carries, optim/state.py): the
+        per-parameter views become plain dicts."""
+        sd["state"] = nexus_state.pack(sd["state"], self._counters())
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
-        """Load outer and Nexus state, atomically: every shape and setting is checked
-        before anything changes. fp32 buffers stay fp32; groups stay shared. Loads
-        the 0.1 format (a top-level ``"nexus"`` entry) too."""
+        """Load outer and Nexus state atomically (all checked before anything changes;
+        an outer optimizer that refuses its part is put back). Reads 0.1 and 0.2 too.
+
+        Not torch's ``Optimizer.load_state_dict``: it would cast the fp32 anchors to a
+        bf16 parameter's dtype and replace ``param_groups``/``state`` with new objects
+        (shared with the outer optimizer, whose own ``load_state_dict`` loads its part).
+        The load hooks run here as torch runs them (on a shallow copy, in order)."""
+        if not isinstance(state_dict, Mapping):
+            raise ValueError("state_dict: must be a dict (what Nexus.state_dict() returns), "
+                             f"got {type(state_dict).__name__}")
+        state_dict = dict(state_dict)
         for hook in self._optimizer_load_state_dict_pre_hooks.values():
             result = hook(self, state_dict)
             if result is not None:
                 state_dict = result
-        outer_sd, mine = nexus_state.unpack(self, state_dict)  # validates; raises ValueError
-        self.outer.load_state_dict(outer_sd)
+        outer_sd, mine = nexus_state.unpack(state_dict, self._params, self.param_groups,
+                                            self._settings())  # validates; ValueError
+        checks.load_outer_atomically(self.outer, outer_sd)
         self.param_groups = self.outer.param_groups
         self._reindex()
-        nexus_state.apply(self, mine)
+        nexus_state.apply(self.state.own, self._params, mine, self.loop,
+                          self._local_params[0].device if self._params else None)
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
 
     def __repr__(self) -> str:
-        return (
-            f"Nexus(inner_steps={self.inner_steps}, inner_norm={self.inner_norm!r}, "
-            f"outer_grad={self.outer_grad!r}, outer={self.outer!r})"
-        )
+        return (f"Nexus(inner_steps={self.inner_steps}, inner_norm={self.inner_norm!r}, "
+                f"outer_grad={self.outer_grad!r}, outer={self.outer!r})")

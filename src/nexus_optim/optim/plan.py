@@ -4,15 +4,12 @@ of parameters with a gradient changes)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from nexus_optim.optim import distributed as dist_ops
-
-if TYPE_CHECKING:
-    from nexus_optim.optim.nexus import Nexus
 
 
 def state_dtype(p: Tensor) -> torch.dtype:
@@ -21,23 +18,30 @@ def state_dtype(p: Tensor) -> torch.dtype:
 
 
 class Plan:
-    """Cached tensor lists for one pattern of which parameters have a gradient."""
+    """Cached tensor lists for one pattern of which parameters have a gradient.
 
-    def __init__(self, opt: "Nexus", key: tuple[bool, ...]) -> None:
-        params = opt._params
+    ``params``: all parameters, in group order (the concatenation of the groups'
+    ``"params"``); ``groups``: the parameter groups; ``key``: per parameter, whether it
+    has a gradient; ``trajectories``: per parameter, its trajectory sum (None in
+    "displacement" mode)."""
+
+    def __init__(self, params: list[Tensor], groups: list[dict[str, Any]],
+                 key: tuple[bool, ...], trajectories: list[Tensor] | None) -> None:
         self.params = [p for p, has in zip(params, key) if has]
         self.groups: list[tuple[int, int, dict[str, Any]]] = []
-        start = 0
-        for group in opt.param_groups:
-            n = sum(1 for p in group["params"] if key[opt._index[id(p)]])
+        start = offset = 0
+        for group in groups:
+            size = len(group["params"])
+            n = sum(key[offset:offset + size])
+            offset += size
             if n:
                 self.groups.append((start, start + n, group))
             start += n
         self.local_params = dist_ops.to_local(self.params)
         self.on_cpu = all(p.device.type == "cpu" for p in self.local_params)
-        if opt.outer_grad == "trajectory":
-            self.traj = dist_ops.to_local(opt._state_list(self.params, "nexus_trajectory"))
-            others = [p for p, has in zip(params, key) if not has]
-            self.traj_others = dist_ops.to_local(opt._state_list(others, "nexus_trajectory"))
+        if trajectories is not None:
+            self.traj = dist_ops.to_local([t for t, has in zip(trajectories, key) if has])
+            self.traj_others = dist_ops.to_local(
+                [t for t, has in zip(trajectories, key) if not has])
         else:
             self.traj = self.traj_others = None

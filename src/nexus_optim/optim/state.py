@@ -7,35 +7,30 @@ state is a per-parameter entry next to the outer optimizer's own (``exp_avg``, .
 
     state[i]["nexus_anchor"]      fp32 anchor theta_t (DTensor under FSDP2)
     state[i]["nexus_trajectory"]  fp32 sum of the gradients so far (trajectory mode)
-    state[i]["nexus_counters"]    int64 [version, K, inner_norm, outer_grad, outer
-                                  steps, inner step, finite micro-batches in the loop,
-                                  skipped before, calls, last step was outer, touched]
+    state[i]["nexus_counters"]    int64 loop state (``loop_state.LoopState.to_counters``)
     state[0]["nexus_rng"]         uint8 generator state (random mode)
     state[i]["nexus_probe"]       the inner point, only when saved in eval mode mid loop
 
 ``NexusState`` is ``Nexus.state``: a read-through view of the outer optimizer's state
 plus these keys, so ``optimizer.state[param]`` lists every key DCP must move.
-Loading validates everything (shapes, settings) before anything changes, keeps the
-fp32 buffers fp32 (torch's ``load_state_dict`` would cast them to a bf16 parameter's
-dtype) and reads the 0.1 format (a top-level ``"nexus"`` entry).
+``pack`` turns torch's packed ``state`` into plain dicts; ``unpack`` validates a state
+dict (shapes, settings, value types) before anything changes and splits it; ``apply``
+copies the Nexus part into the buffers, keeping them fp32 (torch's ``load_state_dict``
+would cast them to a bf16 parameter's dtype). The 0.1 format (a top-level ``"nexus"``
+entry) is read too. Every function takes what it needs as arguments.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, MutableMapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from nexus_optim.optim import functional
+from nexus_optim.optim.loop_state import LoopState, Settings, counters_from_v0_1
 
-if TYPE_CHECKING:
-    from nexus_optim.optim.nexus import Nexus
-
-VERSION = 2
 PREFIX = "nexus_"
-(_V, _K, _NORM, _GRAD, _OUTER, _INNER, _FINITE, _SKIPPED, _CALLS, _LAST, _TOUCHED) = range(11)
 
 
 class ParamState(MutableMapping):
@@ -45,17 +40,17 @@ class ParamState(MutableMapping):
         self._view, self._p = view, p
 
     def _outer(self) -> dict:
-        return self._view.opt.outer.state[self._p]
+        return self._view.outer[self._p]
 
     def _own(self) -> dict:
         return self._view.own.setdefault(self._p, {})
 
     def _derived(self) -> list[str]:
-        opt = self._view.opt
+        view = self._view
         keys = ["nexus_counters"]
-        if opt._generator is not None and opt._params and opt._params[0] is self._p:
+        if view.loop.generator is not None and view.params and view.params[0] is self._p:
             keys.append("nexus_rng")
-        if opt._probe is not None:
+        if view.loop.probe is not None:
             keys.append("nexus_probe")
         return keys
 
@@ -64,9 +59,9 @@ class ParamState(MutableMapping):
             if key in self._own():
                 return self._own()[key]
             if key in self._derived():
-                return derived_value(self._view.opt, self._p, key)
+                return self._view.derived(self._p, key)
             raise KeyError(key)
-        outer = self._view.opt.outer.state
+        outer = self._view.outer
         if self._p not in outer:  # a defaultdict: do not create an empty entry by reading
             raise KeyError(key)
         return outer[self._p][key]
@@ -78,7 +73,7 @@ class ParamState(MutableMapping):
         del (self._own() if key.startswith(PREFIX) else self._outer())[key]
 
     def __iter__(self) -> Iterator[str]:
-        outer = self._view.opt.outer.state
+        outer = self._view.outer
         yield from (outer[self._p] if self._p in outer else ())
         yield from self._own()
         yield from self._derived()
@@ -89,11 +84,31 @@ class ParamState(MutableMapping):
 
 class NexusState(Mapping):
     """``Nexus.state``: param -> ``ParamState`` (never empty once built: the anchors
-    are created eagerly, so DCP's ``_init_optim_state`` does not step it)."""
+    are created eagerly, so DCP's ``_init_optim_state`` does not step it).
 
-    def __init__(self, opt: "Nexus") -> None:
-        self.opt = opt
+    ``loop``: the optimizer's loop state; ``counters()``: its per-parameter counters
+    (``LoopState.to_counters`` with the optimizer's settings); ``reindex`` is called
+    whenever the parameters or the outer optimizer's ``state`` dict change."""
+
+    def __init__(self, loop: LoopState, counters: Callable[[], list[Tensor]]) -> None:
+        self.loop, self.counters = loop, counters
         self.own: dict[Tensor, dict[str, Tensor]] = {}
+        self.outer: dict = {}
+        self.params: list[Tensor] = []
+        self.index: dict[int, int] = {}
+
+    def reindex(self, params: list[Tensor], outer_state: dict) -> None:
+        self.params, self.outer = params, outer_state
+        self.index = {id(p): i for i, p in enumerate(params)}
+
+    def derived(self, p: Tensor, key: str) -> Tensor:
+        if key == "nexus_counters":
+            return self.counters()[self.index[id(p)]]
+        if key == "nexus_rng":
+            return self.loop.generator.get_state()
+        if key == "nexus_probe":
+            return self.loop.probe[self.index[id(p)]]
+        raise KeyError(key)
 
     def __getitem__(self, p: Tensor) -> ParamState:
         return ParamState(self, p)
@@ -108,70 +123,38 @@ class NexusState(Mapping):
         return p in self.own
 
 
-def counters(opt: "Nexus", touched: bool) -> Tensor:
-    finite = 0 if opt._finite_count is None else int(opt._finite_count)
-    return torch.tensor(
-        [VERSION, opt.inner_steps, functional.INNER_NORMS.index(opt.inner_norm),
-         functional.OUTER_GRADS.index(opt.outer_grad), opt.outer_steps, opt.inner_step,
-         finite, opt._skipped_before, opt._calls, int(opt.last_step_was_outer), int(touched)],
-        dtype=torch.int64)
-
-
-def derived_value(opt: "Nexus", p: Tensor, key: str) -> Tensor:
-    if key == "nexus_counters":
-        i = opt._index[id(p)]
-        return counters(opt, any(k[i] for k in opt._touched))
-    if key == "nexus_rng":
-        return opt._generator.get_state()
-    if key == "nexus_probe":
-        return opt._probe[opt._index[id(p)]]
-    raise KeyError(key)
-
-
-def pack(opt: "Nexus", outer_state: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
-    """The outer ``state`` (index -> dict) with the Nexus keys added per parameter."""
+def pack(packed: dict[int, Mapping], counters: list[Tensor]) -> dict[int, dict[str, Any]]:
+    """torch's packed ``state`` (index -> ``ParamState``) as plain dicts in index order,
+    with ``counters`` (one per index: computed once, not once per parameter)."""
     out: dict[int, dict[str, Any]] = {}
-    base = counters(opt, touched=False)  # one read of the device count, not one per parameter
-    for i, p in enumerate(opt._params):
-        entry = dict(outer_state.get(i, {}))
-        view = opt.state[p]
-        for key in view:
-            if key == "nexus_counters":
-                entry[key] = base.clone()
-                entry[key][_TOUCHED] = int(any(k[i] for k in opt._touched))
-            elif key.startswith(PREFIX):
-                entry[key] = view[key]
-        out[i] = entry
+    for i in sorted(packed):
+        view = packed[i]
+        out[i] = {key: (counters[i].clone() if key == "nexus_counters" else view[key])
+                  for key in view}
     return out
 
 
-def _legacy(opt: "Nexus", sd: dict[str, Any]) -> dict[str, Any]:
+def _legacy(sd: dict[str, Any], settings: Settings, n_params: int) -> dict[str, Any]:
     """The 0.1 format (top-level "nexus" entry) in the current layout."""
     sd = dict(sd)
     nexus = sd.pop("nexus")
     cfg = nexus["config"]
     for key in ("inner_steps", "outer_grad", "inner_norm"):
-        if cfg[key] != getattr(opt, key):
+        if cfg[key] != getattr(settings, key):
             raise ValueError(f"{key}: checkpoint has {cfg[key]!r}, optimizer has "
-                             f"{getattr(opt, key)!r}")
-    if len(nexus["state"]) != len(opt._params):
+                             f"{getattr(settings, key)!r}")
+    if len(nexus["state"]) != n_params:
         raise ValueError(f"state_dict: {len(nexus['state'])} parameters in checkpoint, "
-                         f"{len(opt._params)} here")
+                         f"{n_params} here")
     state = {i: dict(v) for i, v in sd["state"].items()}
-    touched = set(nexus["touched"])
-    skipped_in_loop = nexus["inner_step"] - nexus["finite_in_loop"]
-    for i in range(len(opt._params)):
+    counters = counters_from_v0_1(nexus, settings, n_params)
+    for i in range(n_params):
         entry = state.setdefault(i, {})
         old = nexus["state"][i]
         entry["nexus_anchor"] = old["anchor"]
         if "trajectory" in old:
             entry["nexus_trajectory"] = old["trajectory"]
-        entry["nexus_counters"] = torch.tensor(
-            [VERSION, cfg["inner_steps"], functional.INNER_NORMS.index(cfg["inner_norm"]),
-             functional.OUTER_GRADS.index(cfg["outer_grad"]), nexus["outer_steps"],
-             nexus["inner_step"], nexus["finite_in_loop"],
-             nexus["skipped_micro_batches"] - skipped_in_loop, nexus["calls"],
-             int(nexus["last_step_was_outer"]), int(i in touched)], dtype=torch.int64)
+        entry["nexus_counters"] = counters[i]
         if i == 0 and nexus.get("rng") is not None:
             entry["nexus_rng"] = nexus["rng"]
     sd["state"] = state
@@ -182,31 +165,62 @@ def _shape(t: Any) -> tuple[int, ...] | None:
     return tuple(t.shape) if isinstance(t, Tensor) else None
 
 
-def unpack(opt: "Nexus", state_dict: dict[str, Any]) -> tuple[dict[str, Any], dict[int, dict]]:
-    """Split and validate: (the outer optimizer's state dict, Nexus keys per index).
-    Raises ValueError naming the first problem; changes nothing."""
-    if "nexus" in state_dict:
-        state_dict = _legacy(opt, state_dict)
-    groups, saved_groups = opt.param_groups, state_dict.get("param_groups")
+def _check_value(where: str, value: Any) -> None:
+    """An outer optimizer's state value: a tensor, a number, a bool or None (what torch's
+    optimizers keep), or a list/tuple/dict of those."""
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            _check_value(where, v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _check_value(where, v)
+    elif not (value is None or isinstance(value, (Tensor, int, float, bool))):
+        raise ValueError(f"state_dict: {where} is a {type(value).__name__}; optimizer state "
+                         "holds tensors and numbers")
+
+
+def _check_groups(saved_groups: Any, groups: list[dict[str, Any]]) -> list[int]:
+    """The saved parameter ids in order (validated against this optimizer's groups)."""
     if not isinstance(saved_groups, list) or len(saved_groups) != len(groups):
-        raise ValueError(f"state_dict: {len(saved_groups or [])} parameter groups in "
-                         f"checkpoint, {len(groups)} here")
+        n = len(saved_groups) if isinstance(saved_groups, list) else 0
+        raise ValueError(f"state_dict: {n} parameter groups in checkpoint, {len(groups)} here")
     for g, (mine, saved) in enumerate(zip(groups, saved_groups)):
+        if not isinstance(saved, dict) or not isinstance(saved.get("params"), list):
+            raise ValueError(f"state_dict: param_groups[{g}] is not a dict with a 'params' list")
         if len(saved["params"]) != len(mine["params"]):
             raise ValueError(f"state_dict: param_groups[{g}] has {len(saved['params'])} "
                              f"parameters in checkpoint, {len(mine['params'])} here")
-    ids = [i for sg in saved_groups for i in sg["params"]]
+    return [i for sg in saved_groups for i in sg["params"]]
+
+
+def unpack(state_dict: Any, params: list[Tensor], groups: list[dict[str, Any]],
+           settings: Settings) -> tuple[dict[str, Any], dict[int, dict]]:
+    """Split and validate: (the outer optimizer's state dict, Nexus keys per index).
+    Raises ValueError naming the first problem; changes nothing."""
+    if not isinstance(state_dict, Mapping):
+        raise ValueError("state_dict: must be a dict with 'state' and 'param_groups' (what "
+                         f"Nexus.state_dict() returns), got {type(state_dict).__name__}")
+    if "nexus" in state_dict:
+        state_dict = _legacy(state_dict, settings, len(params))
+    ids = _check_groups(state_dict.get("param_groups"), groups)
     index = {pid: n for n, pid in enumerate(ids)}  # saved id -> our position
+    saved_state = state_dict.get("state", {})
+    if not isinstance(saved_state, Mapping):
+        raise ValueError(f"state_dict: 'state' is a {type(saved_state).__name__}, not a dict")
     outer_state: dict[Any, dict] = {}
     mine: dict[int, dict] = {}
-    for pid, entry in state_dict.get("state", {}).items():
+    for pid, entry in saved_state.items():
         if pid not in index:
             raise ValueError(f"state_dict: state for parameter {pid!r}, which no group lists")
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"state_dict: state[{pid!r}] is a {type(entry).__name__}, "
+                             "not a dict")
         n = index[pid]
-        p = opt._params[n]
+        p = params[n]
         ours = {k: v for k, v in entry.items() if k.startswith(PREFIX)}
         rest = {k: v for k, v in entry.items() if not k.startswith(PREFIX)}
         for key, value in rest.items():  # outer state: same rank => same shape
+            _check_value(f"state[{pid}][{key!r}]", value)
             if (isinstance(value, Tensor) and value.dim() == p.dim() and value.dim() > 0
                     and tuple(value.shape) != tuple(p.shape)):
                 raise ValueError(f"state_dict: state[{pid}][{key!r}] has shape "
@@ -215,27 +229,24 @@ def unpack(opt: "Nexus", state_dict: dict[str, Any]) -> tuple[dict[str, Any], di
             if key in ours and _shape(ours[key]) != tuple(p.shape):
                 raise ValueError(f"state_dict: state[{pid}][{key!r}] has shape "
                                  f"{_shape(ours[key])}, parameter {n} has {tuple(p.shape)}")
+        for key in ("nexus_counters", "nexus_rng"):
+            if key in ours and not isinstance(ours[key], Tensor):
+                raise ValueError(f"state_dict: state[{pid}][{key!r}] is a "
+                                 f"{type(ours[key]).__name__}, not a tensor")
         if rest:
             outer_state[pid] = rest
         mine[n] = ours
-    for n in range(len(opt._params)):
+    for n in range(len(params)):
         ours = mine.get(n, {})
         if "nexus_anchor" not in ours or "nexus_counters" not in ours:
             raise ValueError(f"state_dict: parameter {n} has no Nexus state "
                              "(not a Nexus state dict, or saved by another optimizer)")
-        if ("nexus_trajectory" in ours) != (opt.outer_grad == "trajectory"):
+        if ("nexus_trajectory" in ours) != (settings.outer_grad == "trajectory"):
             raise ValueError("outer_grad: checkpoint was saved with a different outer_grad "
-                             f"(this optimizer has {opt.outer_grad!r})")
-    c = mine[0]["nexus_counters"].tolist()
-    if c[_V] != VERSION:
-        raise ValueError(f"state_dict: Nexus state version {c[_V]}, expected {VERSION}")
-    for name, have, pos, names in (("inner_steps", opt.inner_steps, _K, None),
-                                   ("inner_norm", opt.inner_norm, _NORM, functional.INNER_NORMS),
-                                   ("outer_grad", opt.outer_grad, _GRAD, functional.OUTER_GRADS)):
-        saved = c[pos] if names is None else names[c[pos]]
-        if saved != have:
-            raise ValueError(f"{name}: checkpoint has {saved!r}, optimizer has {have!r}")
-    if opt.inner_norm == "random" and "nexus_rng" not in mine[0]:
+                             f"(this optimizer has {settings.outer_grad!r})")
+    if params:
+        LoopState.check_counters(mine[0]["nexus_counters"], settings)
+    if settings.inner_norm == "random" and params and "nexus_rng" not in mine[0]:
         raise ValueError("state_dict: random mode without 'nexus_rng' in state[0]")
     outer_sd = {k: v for k, v in state_dict.items() if k != "state"}
     outer_sd["state"] = outer_state
@@ -243,31 +254,21 @@ def unpack(opt: "Nexus", state_dict: dict[str, Any]) -> tuple[dict[str, Any], di
 
 
 @torch.no_grad()
-def apply(opt: "Nexus", mine: dict[int, dict]) -> None:
-    """Copy validated Nexus state into the (already allocated) buffers."""
-    from nexus_optim.optim import distributed as dist_ops
-
+def apply(own: dict[Tensor, dict[str, Tensor]], params: list[Tensor],
+          mine: dict[int, dict], loop: LoopState, device: torch.device) -> None:
+    """Copy validated Nexus state into the (already allocated) buffers ``own`` and the
+    loop state; a probe saved in eval mode goes back into the parameters."""
     probe = []
-    for n, p in enumerate(opt._params):
-        own = opt.state.own[p]
-        ours = mine[n]
-        own["nexus_anchor"].copy_(ours["nexus_anchor"])
-        if "nexus_trajectory" in own:
-            own["nexus_trajectory"].copy_(ours["nexus_trajectory"])
+    for n, p in enumerate(params):
+        buffers, ours = own[p], mine[n]
+        buffers["nexus_anchor"].copy_(ours["nexus_anchor"])
+        if "nexus_trajectory" in buffers:
+            buffers["nexus_trajectory"].copy_(ours["nexus_trajectory"])
         if "nexus_probe" in ours:
             probe.append((p, ours["nexus_probe"]))
-    c = mine[0]["nexus_counters"].tolist()
-    opt.outer_steps, opt.inner_step = c[_OUTER], c[_INNER]
-    opt._skipped_before, opt._calls = c[_SKIPPED], c[_CALLS]
-    opt.last_step_was_outer = bool(c[_LAST])
-    touched = tuple(bool(mine[n]["nexus_counters"][_TOUCHED]) for n in range(len(opt._params)))
-    opt._touched = {touched} if opt.inner_step > 0 else set()
-    device = dist_ops.to_local(opt._params[:1])[0].device
-    opt._finite_count = (torch.tensor(c[_FINITE], dtype=torch.int64, device=device)
-                         if opt.inner_step > 0 else None)
-    if opt._generator is not None:
-        opt._generator.set_state(mine[0]["nexus_rng"].to("cpu", torch.uint8))
-    opt._eval_mode, opt._probe = False, None
+    if params:
+        loop.load_counters([mine[n]["nexus_counters"] for n in range(len(params))], device,
+                           mine[0].get("nexus_rng"))
     for p, value in probe:  # saved in eval mode: the live point was the probe
         p.copy_(value)
 
@@ -276,7 +277,7 @@ _EAGER_OK = {"Adam", "AdamW", "Muon", "RAdam"}
 
 
 @torch.no_grad()
-def materialize_outer(opt: "Nexus") -> bool:
+def materialize_outer(outer: torch.optim.Optimizer, all_params: list[Tensor]) -> bool:
     """Create the outer optimizer's per-parameter state now, so that a fresh Nexus
     already lists every key a DCP template needs (DCP's own ``_init_optim_state`` does
     the same for plain optimizers, with a zero-gradient step at lr 0).
@@ -288,15 +289,14 @@ def materialize_outer(opt: "Nexus") -> bool:
     it ran; otherwise the outer state stays lazy (DCP then needs a checkpoint taken
     after the first outer step to build its template).
     """
-    outer = opt.outer
     name = type(outer).__name__
     ok = getattr(outer, "nexus_eager_state", None)
     if ok is None:
         ok = name in _EAGER_OK or (
             name == "SGD" and all(g.get("dampening", 0) == 0 for g in outer.param_groups))
-    if not ok or any(outer.state.get(p) for p in opt._params):
+    if not ok or any(outer.state.get(p) for p in all_params):
         return False
-    params = [p for p in opt._params if p.requires_grad]
+    params = [p for p in all_params if p.requires_grad]
     saved = [(p, p.grad) for p in params]
     lrs = [g["lr"] for g in outer.param_groups]
     try:

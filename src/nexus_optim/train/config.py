@@ -23,12 +23,13 @@ from typing import Any
 import yaml
 
 from nexus_optim.data.config import DataConfig
+from nexus_optim.optim.distributed import INNER_SYNC_MODES
 
 OPTIMIZERS = ("adamw", "nexus", "fish", "random-control", "muon", "nexus-muon")
 SCHEDULES = ("cosine", "wsd", "constant")
 SAMPLINGS = ("homogeneous", "mixed")
 DEVICES = ("auto", "cpu", "cuda")
-INNER_SYNCS = ("sync", "local")
+INNER_SYNCS = tuple(m for m in INNER_SYNC_MODES if m != "none")  # optim's modes less "none"
 
 
 @dataclass
