@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -23,19 +23,19 @@ def _plt():
     return plt
 
 
-def _colors(labels):
+def colors_for(labels):
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
                "#7f7f7f", "#bcbd22", "#17becf"]
     return {l: palette[i % len(palette)] for i, l in enumerate(labels)}
 
 
-def _series(run, key):
+def series(run, key):
     pts = [(r["tokens"], r[key]) for r in run.curve if isinstance(r.get(key), (int, float))]
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
 def _bars(plt, groups, report, keys, titles, path):
-    colors = _colors(list(groups))
+    colors = colors_for(list(groups))
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False)
     for ax, key, title in zip(axes[0], keys, titles):
         summ = report["extra"]["summary"].get(key, {})
@@ -48,10 +48,10 @@ def _bars(plt, groups, report, keys, titles, path):
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=7)
         ax.set_title(title, fontsize=9)
-    _save(plt, fig, path)
+    save_png(plt, fig, path)
 
 
-def _save(plt, fig, path) -> None:
+def save_png(plt, fig, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -68,7 +68,7 @@ def _loss_curves(plt, groups, runs, colors, metric, target, out: Path) -> list[s
     for ax, key in zip(axes.flat, keys):
         for label, rs in groups.items():
             for j, r in enumerate(rs):
-                x, y = _series(r, key)
+                x, y = series(r, key)
                 ax.plot(x, y, color=colors[label], alpha=0.8, lw=1.2,
                         label=label if j == 0 else None)
         if key == metric:
@@ -79,7 +79,7 @@ def _loss_curves(plt, groups, runs, colors, metric, target, out: Path) -> list[s
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
-    _save(plt, fig, out / "loss_curves.png")
+    save_png(plt, fig, out / "loss_curves.png")
     return ["loss_curves.png"]
 
 
@@ -95,7 +95,7 @@ def _ngram_refs(ax, ngram: dict | None, metric: str) -> None:
 
 
 def _ood_vs_id(plt, groups, runs, colors, metric, target, matched, out: Path, ngram=None) -> list[str]:
-    if not (any(_series(r, "val/ood")[0] for r in runs) and any(_series(r, metric)[0] for r in runs)):
+    if not (any(series(r, "val/ood")[0] for r in runs) and any(series(r, metric)[0] for r in runs)):
         return []
     fig, ax = plt.subplots(figsize=(5.2, 4.2))
     for label, rs in groups.items():
@@ -116,17 +116,17 @@ def _ood_vs_id(plt, groups, runs, colors, metric, target, matched, out: Path, ng
     ax.set_ylabel("val/ood", fontsize=8)
     ax.set_title("OOD loss vs in-distribution loss (dots: matched loss; grey: n-gram)", fontsize=9)
     ax.legend(fontsize=7)
-    _save(plt, fig, out / "ood_vs_id.png")
+    save_png(plt, fig, out / "ood_vs_id.png")
     return ["ood_vs_id.png"]
 
 
 def _grad_sim(plt, groups, runs, colors, out: Path) -> list[str]:
-    if not any(_series(r, "geom/grad_sim")[0] for r in runs):
+    if not any(series(r, "geom/grad_sim")[0] for r in runs):
         return []
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
     for label, rs in groups.items():
         for j, r in enumerate(rs):
-            x, y = _series(r, "geom/grad_sim")
+            x, y = series(r, "geom/grad_sim")
             if x:
                 ax.plot(x, y, "-o", ms=3, color=colors[label], alpha=0.8,
                         label=label if j == 0 else None)
@@ -135,15 +135,15 @@ def _grad_sim(plt, groups, runs, colors, out: Path) -> list[str]:
     ax.set_ylabel("mean off-diagonal cosine", fontsize=8)
     ax.set_title("source gradient similarity (geom/grad_sim)", fontsize=9)
     ax.legend(fontsize=7)
-    _save(plt, fig, out / "grad_sim.png")
+    save_png(plt, fig, out / "grad_sim.png")
     return ["grad_sim.png"]
 
 
 def make_plots(groups: dict, report: dict, out: Path) -> list[str]:
     """Write the plots that the data allows; returns their file names."""
-    plt = _plt()
+    plt = pyplot()
     out = Path(out)
-    colors = _colors(list(groups))
+    colors = colors_for(list(groups))
     runs = [r for rs in groups.values() for r in rs]
     target = report["target"]["value"]
     metric = report["metric"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nexus_optim.report.plots import _colors, _plt, _save, _series
+from nexus_optim.report.plots import colors_for, pyplot, save_png, series
 
 
 def _ood_vs_id(plt, runs, report, colors, out: Path) -> str:
@@ -47,7 +47,7 @@ def _ood_vs_id(plt, runs, report, colors, out: Path) -> str:
         ax.legend(fontsize=7)
     ax.set_title("OOD vs in-distribution loss (dotted: mean per-seed endpoint levels; dashed: pilot's)",
                  fontsize=8)
-    _save(plt, fig, out / "ood_vs_id.png")
+    save_png(plt, fig, out / "ood_vs_id.png")
     return "ood_vs_id.png"
 
 
@@ -77,14 +77,14 @@ def _paired_diffs(plt, runs, report, out: Path) -> str | None:
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([n for n, _ in rows], fontsize=7)
     ax.set_xlabel("endpoint OOD difference, nats (< 0: first arm better; dotted: the paper's -0.012)", fontsize=8)
-    _save(plt, fig, out / "paired_diffs.png")
+    save_png(plt, fig, out / "paired_diffs.png")
     return "paired_diffs.png"
 
 
 def _closeness_vs_ood(plt, report, colors, out: Path) -> str | None:
-    from nexus_optim.report.study import PRIMARY_CLOSENESS
-
-    reg = (report.get("regression") or {}).get(PRIMARY_CLOSENESS)
+    # the primary closeness measure is the regression marked "primary" (study.py decides)
+    primary = [(k, r) for k, r in (report.get("regression") or {}).items() if r.get("primary")]
+    key, reg = primary[0] if primary else (None, None)
     if not reg or "points" not in reg:
         return None
     fig, ax = plt.subplots(figsize=(6.0, 4.4))
@@ -100,10 +100,10 @@ def _closeness_vs_ood(plt, report, colors, out: Path) -> str | None:
                         color=colors.get(arm, "k"), lw=1, label=arm)
         ax.set_title(f"slope {reg['slope']:+.3g} [{reg['ci_low']:+.3g}, {reg['ci_high']:+.3g}], "
                      f"p {reg['p']:.3g}, n {reg['n']}", fontsize=9)
-    ax.set_xlabel(f"closeness: {PRIMARY_CLOSENESS} (fixed AdamW protocol)")
+    ax.set_xlabel(f"closeness: {key} (fixed AdamW protocol)")
     ax.set_ylabel("endpoint val/ood (nats)")
     ax.legend(fontsize=7)
-    _save(plt, fig, out / "closeness_vs_ood.png")
+    save_png(plt, fig, out / "closeness_vs_ood.png")
     return "closeness_vs_ood.png"
 
 
@@ -114,20 +114,20 @@ def _grad_sim(plt, runs, colors, out: Path) -> str | None:
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     seen = set()
     for r in finals:
-        xs, ys = _series(r.run, "geom/grad_sim")
+        xs, ys = series(r.run, "geom/grad_sim")
         ax.plot(xs, ys, color=colors[r.arm], lw=0.8, alpha=0.6, label=None if r.arm in seen else r.arm)
         seen.add(r.arm)
     ax.set_xlabel("tokens")
     ax.set_ylabel("mean between-source gradient cosine")
     if seen:
         ax.legend(fontsize=7)
-    _save(plt, fig, out / "grad_sim.png")
+    save_png(plt, fig, out / "grad_sim.png")
     return "grad_sim.png"
 
 
 def study_plots(runs, report: dict, out: Path) -> list[str]:
-    plt = _plt()
-    colors = _colors(report["arms"] + ["pilot"])
+    plt = pyplot()
+    colors = colors_for(report["arms"] + ["pilot"])
     made = [_ood_vs_id(plt, runs, report, colors, out), _paired_diffs(plt, runs, report, out),
             _closeness_vs_ood(plt, report, colors, out), _grad_sim(plt, runs, colors, out)]
     return [m for m in made if m]
