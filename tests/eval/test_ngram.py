@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from nexus_optim.data.prepare import PreparedData
+from conftest import prepared_from_arrays
 from nexus_optim.eval.ngram import (eval_pairs, fit_ngram, ney_discount, ngram_nll, ngram_reference,
                                     pair_counts)
 
@@ -135,25 +135,14 @@ def test_counting_helpers():
 
 
 # ----------------------------------------------------------------------- on a PreparedData
-def _prepared(tmp_path, arrays: dict, roles: dict, weights: dict, V: int) -> PreparedData:
-    shards, val_tokens, train_tokens = {}, {}, {}
-    for (source, split), arr in arrays.items():
-        path = tmp_path / f"{source}-{split}.bin"
-        np.asarray(arr, np.uint16).tofile(path)
-        shards.setdefault(source, {})[split] = str(path)
-        (val_tokens if split == "val" else train_tokens)[source] = len(arr)
-    return PreparedData(tokenizer_path="", shards=shards, roles=roles, weights=weights, vocab_size=V,
-                        dtype="uint16", val_tokens=val_tokens, train_tokens=train_tokens,
-                        sources=list(shards))
-
-
 def test_ngram_reference_keys_pooling_and_bits_per_byte(tmp_path):
     V = 60
     a, b, c = _markov(6000, V, 0), _markov(3000, V, 1), _markov(2000, V, 2)
     arrays = {("a", "train"): a[:5000], ("a", "val"): a[5000:], ("b", "train"): b[:2500],
               ("b", "val"): b[2500:], ("ood_x", "val"): c}
     roles, weights = {"a": "train", "b": "train", "ood_x": "ood"}, {"a": 1.0, "b": 3.0, "ood_x": 0.0}
-    prepared = _prepared(tmp_path, arrays, roles, weights, V)
+    prepared = prepared_from_arrays(tmp_path, arrays, roles, weights, V,
+                                    sources=list(dict.fromkeys(s for s, _ in arrays)))
     lengths = np.arange(V) % 4 + 1
     out = ngram_reference(prepared, seq_len=64, byte_lengths=lengths, per_source=True)
     for order in ("unigram", "bigram"):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from nexus_optim.data.prepare import PreparedData
+from conftest import prepared_from_arrays
 from nexus_optim.eval.ngram import ngram_reference
 from nexus_optim.report import compare_runs
 from nexus_optim.report.paired import holm, min_detectable_difference
@@ -98,15 +98,9 @@ def _write_prepared(root, runs, V=40, move=False):
     cache = root / "cache"
     cache.mkdir()
     (cache / "tokenizer.json").write_text("{}")
-    shards, val_tokens, train_tokens = {}, {}, {}
-    for (source, split), arr in arrays.items():
-        path = cache / f"{source}-{split}.bin"
-        np.asarray(arr, np.uint16).tofile(path)
-        shards.setdefault(source, {})[split] = str(path)
-        (val_tokens if split == "val" else train_tokens)[source] = len(arr)
-    prepared = PreparedData(str(cache / "tokenizer.json"), shards, {"prose": "train", "math": "train",
-                            "code": "ood"}, {"prose": 1.0, "math": 1.0, "code": 0.0}, vocab_size=V,
-                            val_tokens=val_tokens, train_tokens=train_tokens, data_dir=str(cache))
+    prepared = prepared_from_arrays(cache, arrays, {"prose": "train", "math": "train", "code": "ood"},
+                                    {"prose": 1.0, "math": 1.0, "code": 0.0}, V,
+                                    tokenizer_path=str(cache / "tokenizer.json"), data_dir=str(cache))
     for run in runs:
         (run / "prepared.json").write_text(json.dumps(dataclasses.asdict(prepared)))
     if move:
