@@ -246,3 +246,135 @@ def test_output_goes_to_files_and_is_capped():
 def test_file_size_limit_kills_a_huge_write():
     r = sandbox.run_python("open('big', 'wb').write(b'x' * (20 * 2**20))\n", timeout=3.0, file_mb=4)
     assert r.status == "exited" and r.returncode != 0
+
+
+# ------------------------------------------------------------------------------- the hook itself
+# (issue 21) A program that reaches the audit hook (gc finds every function) must not be able to
+# change what it decides: its defaults cannot be replaced, tracing (which can rewrite a running
+# frame's locals) is refused, arguments are read at the C level (a str subclass cannot answer
+# one name to the hook and another to the import system), extension modules not preloaded by
+# the bootstrap cannot be loaded, and no Python helper the hook calls can be rebound. Each
+# attack, if it worked, would start /bin/sh (as root RLIMIT_NPROC does not stop it) and create
+# MARKER; it is tried with the hook as the only layer, and with the full sandbox.
+_SPAWN = '''
+import os
+def spawn(marker):
+    import _posixsubprocess
+    r, w = os.pipe()
+    pid = _posixsubprocess.fork_exec(
+        [b"/bin/sh", b"-c", b"touch " + marker.encode()], [b"/bin/sh"], True, (w,), None, None,
+        -1, -1, -1, -1, -1, -1, r, w, True, False, -1, None, None, None, -1, None, False)
+    os.waitpid(pid, 0)
+    print("spawned")
+'''
+_HOOK_ATTACKS = {
+    "defaults": '''
+import gc
+hook = [o for o in gc.get_objects() if getattr(o, "__name__", None) == "_sandbox_hook"][0]
+print("found the hook")
+hook.__defaults__ = tuple((lambda x: "harmless") if v is str else v for v in hook.__defaults__)
+spawn(MARKER)
+''',
+    "kwdefaults-and-code": '''
+import gc
+hook = [o for o in gc.get_objects() if getattr(o, "__name__", None) == "_sandbox_hook"][0]
+try:
+    hook.__kwdefaults__ = {}
+except PermissionError:
+    print("kwdefaults refused")
+hook.__code__ = (lambda event, args: None).__code__
+spawn(MARKER)
+''',
+    "str-subclass": '''
+class S(str):
+    def __str__(self):
+        return "harmless"
+    def split(self, *a):
+        return ["harmless"]
+import sys
+sys.modules["_posixsubprocess"] = __import__(S("_posixsubprocess"))
+spawn(MARKER)
+''',
+    "trace": '''
+import gc, sys
+hook = [o for o in gc.get_objects() if getattr(o, "__name__", None) == "_sandbox_hook"][0]
+hook.__cantrace__ = True
+def tracer(frame, event, arg):
+    if frame.f_code is hook.__code__ and event == "call":
+        frame.f_locals["event"] = "harmless"
+sys.settrace(tracer)
+spawn(MARKER)
+''',
+    "extension-loader": '''
+import importlib.machinery, importlib.util, os, sys
+for d in sys.path:
+    for f in (os.listdir(d) if os.path.isdir(d) else []):
+        if f.startswith("_posixsubprocess."):
+            spec = importlib.util.spec_from_file_location("_posixsubprocess", os.path.join(d, f))
+            sys.modules["_posixsubprocess"] = importlib.util.module_from_spec(spec)
+spawn(MARKER)
+''',
+    "rebound-builtins-and-helpers": '''
+import builtins, os, posixpath
+builtins.len = lambda x: 0
+builtins.isinstance = lambda *a: False
+posixpath._joinrealpath = lambda *a, **k: (os.getcwd() + "/inside", True)
+posixpath.realpath = lambda *a, **k: os.getcwd() + "/inside"
+os.fsdecode = lambda p: os.getcwd() + "/inside"
+open(MARKER, "w").write("escaped")
+''',
+}
+
+
+@pytest.mark.parametrize("name", ["hook", "full"])
+@pytest.mark.parametrize("attack", list(_HOOK_ATTACKS))
+def test_the_hook_cannot_be_switched_off_from_inside(attack, name, layers, tmp_path):
+    cfg = _config(name, layers)
+    marker = str(tmp_path / "MARKER")
+    prog = _SPAWN + f"MARKER = {marker!r}\n" + _HOOK_ATTACKS[attack]
+    r = sandbox.run_python(prog, timeout=5.0, **cfg)
+    assert r.status == "exited" and r.returncode != 0, (r.stdout, r.stderr)
+    assert "spawned" not in r.stdout and not os.path.exists(marker), r.stdout
+    assert "PermissionError: sandbox:" in r.stderr or "ImportError: sandbox:" in r.stderr, r.stderr[-800:]
+    if name == "hook":  # the hook itself refused the step that would have switched it off
+        expected = {"defaults": "replacing a function's __defaults__ refused",
+                    "kwdefaults-and-code": "replacing a function's __code__ refused",
+                    "str-subclass": "import of '_posixsubprocess' refused",
+                    "trace": "sys.settrace refused",
+                    "extension-loader": "loading extension module '_posixsubprocess' refused",
+                    "rebound-builtins-and-helpers": "writing outside the working directory refused"}[attack]
+        assert expected in r.stderr, r.stderr[-800:]
+        if attack == "kwdefaults-and-code":
+            assert "kwdefaults refused" in r.stdout
+
+
+def test_preloaded_extension_modules_import_and_others_fall_back():
+    prog = ("import hashlib, json, heapq, decimal, random, math, datetime, struct, bisect, statistics\n"
+            "print(hashlib.sha256(b'x').hexdigest()[:8], json.dumps([1]), math.isqrt(17))\n"
+            "try:\n    import _lsprof\nexcept ImportError as e:\n    print('refused:', e)\n")
+    r = sandbox.run_python(prog, timeout=5.0)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["2d711642 [1] 4",
+                                     "refused: sandbox: loading extension module '_lsprof' refused"]
+
+
+@pytest.mark.parametrize("name", ["hook", "full"])
+def test_a_path_that_answers_twice_cannot_escape(name, layers, tmp_path):
+    """An __fspath__ object that names a path outside first (the system call's conversion) and
+    the private dir afterwards: the hook sees the converted text, so the write is refused, while
+    pathlib paths inside work as usual."""
+    cfg = _config(name, layers)
+    target = str(tmp_path / "escape.txt")
+    prog = ("import os, pathlib\n"
+            "pathlib.Path('a.txt').write_text('x')\n"
+            "pathlib.Path('a.txt').unlink()\n"
+            "class Twice:\n"
+            "    n = 0\n"
+            "    def __fspath__(self):\n"
+            "        Twice.n += 1\n"
+            f"        return {target!r} if Twice.n == 1 else os.getcwd() + '/inside.txt'\n"
+            "print('inside ok')\n"
+            "open(Twice(), 'w').write('escaped')\n")
+    r = sandbox.run_python(prog, timeout=5.0, **cfg)
+    assert r.stdout == "inside ok\n" and r.returncode != 0 and "PermissionError" in r.stderr, r.stderr
+    assert not os.path.exists(target)

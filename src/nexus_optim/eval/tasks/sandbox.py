@@ -18,8 +18,12 @@ where the machine allows it and the next ones still hold where it does not:
    (no new process or thread; the kernel does not enforce it for real root, hence layer 4).
 4. **An audit hook** (``sys.addaudithook``, installed last, before the program runs) refusing
    sockets, fork / exec / spawn / ``subprocess`` / ``os.system``, ``ctypes`` and
-   ``_posixsubprocess``, signals to other processes, raising resource limits, and opening for
-   writing / removing / renaming / linking any path outside the private directory.
+   ``_posixsubprocess``, extension modules the bootstrap did not preload, signals to other
+   processes, raising resource limits, tracing (``sys.settrace`` / ``setprofile``), rebinding
+   any function's ``__code__`` / ``__defaults__`` / ``__kwdefaults__``, and opening for
+   writing / removing / renaming / linking any path outside the private directory. Its
+   decisions use only constants, immutable defaults (C builtins) and C-level reads of the
+   event's arguments, so a program that reaches it (through ``gc``) cannot change them.
 5. **The evaluator side**: a fresh private directory as cwd, ``HOME`` and ``TMPDIR``; the
    program's stdout / stderr go to files (never pipes, so nothing a survivor holds can block
    the evaluator), read after the run and capped; the child starts in its own session and on
@@ -86,8 +90,9 @@ def namespace_prefix() -> tuple[str, ...]:
 
 
 # The child's bootstrap, run with ``python -I -B -c``; ``{cfg}`` is a dict literal. It is applied
-# in order: chdir, landlock, rlimits, audit hook, then the program. The hook's constants are
-# literals in its code (not closure cells or globals a program could rebind).
+# in order: chdir, landlock, rlimits, preloaded extension modules, audit hook, then the program.
+# The hook's constants are literals in its code or its (immutable) defaults, not closure cells
+# or globals a program could rebind.
 _BOOT = r'''
 import os, sys
 CFG = {cfg}
@@ -152,86 +157,152 @@ for _name, _v in CFG["rlimits"].items():
         pass
 _layers["rlimits"] = _rl
 
-import runpy
+import runpy, json
 if CFG["hook"]:
+    for _m in CFG["preload"]:
+        try:
+            __import__(_m)
+        except ImportError:
+            pass
 {hook}
     for _m in ("_posixsubprocess", "ctypes", "_ctypes"):
         sys.modules.pop(_m, None)
     sys.addaudithook(_sandbox_hook)
+    del _sandbox_hook  # reachable now only from the interpreter's hook list (and gc: immutable)
 _layers["audit_hook"] = bool(CFG["hook"])
-_report.write(__import__("json").dumps(_layers))
+_report.write(json.dumps(_layers))
 _report.close()
 del _report, _rl, _layers, CFG, _landlock
 sys.argv = ["program.py"]
 runpy.run_path("program.py", run_name="__main__")
 '''
 
+#: Extension modules (``.so``) loaded by the bootstrap before the hook is installed: a program
+#: can import them (cached in ``sys.modules``); any other extension module is refused once the
+#: hook is in (its loader, ``_imp.create_dynamic``, takes the module's name and path from an
+#: object the program controls, so a check by name could be lied to). Pure-Python modules and
+#: the interpreter's built-in modules import as usual.
+PRELOADED_EXTENSIONS = (
+    "math", "cmath", "_heapq", "_bisect", "_random", "_json", "_datetime", "_decimal", "array",
+    "_struct", "binascii", "_statistics", "_contextvars", "_csv", "_pickle", "zlib", "unicodedata",
+    "_opcode", "_queue", "_md5", "_sha1", "_sha256", "_sha512", "_sha3", "_blake2", "_typing",
+    "_zoneinfo", "_bz2", "_lzma", "_multibytecodec", "_asyncio", "_socket", "select", "fcntl",
+    "_posixshmem", "_elementtree", "pyexpat", "_uuid", "grp", "termios", "mmap",
+)
+
 # Indented one level (inside ``if CFG["hook"]:``); ``__W__`` is replaced by the private dir.
-_HOOK = r'''
-def _sandbox_hook(event, args, _rp=os.path.realpath, _fsd=os.fsdecode, _join=os.path.join,
-                  _dirname=os.path.dirname, _readlink=os.readlink, _pid=os.getpid, _isinstance=isinstance,
-                  _str=str, _int=int, _any=any, _callable=callable, _Refused=PermissionError,
-                  _DIRFD=__import__("types").MappingProxyType({"os.remove": 1, "os.rmdir": 1, "os.mkdir": 2, "os.chmod": 2, "os.chown": 3,
-                          "os.utime": 3, "os.truncate": None, "os.chflags": None, "os.lchflags": None,
-                          "shutil.rmtree": 1}),
-                  _TWO=__import__("types").MappingProxyType({"os.rename": (2, 3), "os.link": (2, 3), "os.symlink": (None, 2),
-                        "shutil.copyfile": (None, None), "shutil.copytree": (None, None),
-                        "shutil.move": (None, None)})):
-    W = __W__
-    def inside(p, dfd=None):
-        if _isinstance(p, _int):
+# Every decision uses only constants in this code, the defaults (C builtins, immutable values)
+# and C-level conversions of the event's arguments: no Python helper a program could rebind
+# (os.path.realpath's module globals), no method of an argument (a str subclass's __str__).
+# Rebinding a function's __code__ / __defaults__ / __kwdefaults__ (this one's, reached through
+# gc) and tracing (a trace function can rewrite the hook's locals) are refused.
+_HOOK = r"""
+def _sandbox_hook(event, args, _W=__W__, _readlink=os.readlink, _getcwd=os.getcwd, _pid=os.getpid,
+                  _type=type, _issub=issubclass, _str=str, _bytes=bytes, _int=int, _cat=str.__add__,
+                  _decode=bytes.decode, _enc=sys.getfilesystemencoding(), _len=len,
+                  _Err=(OSError, TypeError, ValueError), _Refused=PermissionError, _NoModule=ImportError):
+    def text(p):
+        # the C-level text of a str / bytes path (no method of p runs); None for other types
+        if _issub(_type(p), _str):
+            return _cat("", p)
+        if _issub(_type(p), _bytes):
+            return _decode(p, _enc, "surrogateescape")
+        return None
+    def inside(p, dfd=-1):
+        # p (relative to dfd or the cwd) resolved like os.path.realpath, with C calls only
+        if _issub(_type(p), _int):
             return True  # an already-open descriptor
-        p = _fsd(p)
-        if dfd is not None and dfd != -1:
+        t = text(p)
+        if t is None:
+            return False  # pathlib / __fspath__ objects: their Python code could answer twice
+        if not t.startswith("/"):
             try:
-                p = _join(_readlink("/proc/self/fd/%d" % dfd), p)
-            except (OSError, TypeError):
+                base = _readlink("/proc/self/fd/%d" % dfd) if dfd is not None and dfd != -1 else _getcwd()
+            except _Err:
                 return False
-        p = _rp(p)
-        return p == W or p.startswith(W + "/") or p == "/dev/null"
+            t = base + "/" + t
+        todo, out, hops = t.split("/")[::-1], [], 0
+        while todo:
+            c = todo.pop()
+            if c == "" or c == ".":
+                continue
+            if c == "..":
+                if out:
+                    out.pop()
+                continue
+            cur = "/" + "/".join(out + [c])
+            try:
+                target = _readlink(cur)
+            except _Err:  # not a symlink, or not there
+                out.append(c)
+                continue
+            hops += 1
+            if hops > 40:
+                return False
+            if target.startswith("/"):
+                out = []
+            todo.extend(target.split("/")[::-1])
+        t = "/" + "/".join(out)
+        return t == _W or t.startswith(_W + "/") or t == "/dev/null"
     if event == "open":
         path, mode, flags = args
-        writing = (_isinstance(mode, _str) and _any(c in mode for c in "wax+")) or (
-            _isinstance(flags, _int) and flags & 0o3103)  # O_WRONLY|O_RDWR|O_CREAT|O_TRUNC|O_APPEND
+        writing = (_issub(_type(mode), _str) and ("w" in mode or "a" in mode or "x" in mode or "+" in mode)) or (
+            _issub(_type(flags), _int) and flags & 0o3103)  # O_WRONLY|O_RDWR|O_CREAT|O_TRUNC|O_APPEND
         if writing and not inside(path):
-            raise _Refused("sandbox: writing outside the working directory refused: %r" % (path,))
-        if writing and mode is None and not _isinstance(path, _int) and not _fsd(path).startswith("/"):
+            raise _Refused("sandbox: writing outside the working directory refused (or a path that is "
+                           "not a str or bytes): %r" % (text(path),))
+        if writing and mode is None and not _issub(_type(path), _int) and not text(path).startswith("/"):
             # os.open's event does not show dir_fd, so a relative path cannot be resolved
-            raise _Refused("sandbox: os.open for writing needs an absolute path: %r" % (path,))
+            raise _Refused("sandbox: os.open for writing needs an absolute path: %r" % (text(path),))
         return
     if event.startswith(("socket.", "ctypes.")) or event in (
             "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty",
             "subprocess.Popen", "pty.spawn", "resource.setrlimit",
             "resource.prlimit", "sys.addaudithook", "os.setxattr", "os.removexattr", "os.mkfifo",
-            "os.mknod", "os.chroot", "os.startfile"):
+            "os.mknod", "os.chroot", "os.startfile", "sys.settrace", "sys.setprofile"):
         raise _Refused("sandbox: %s refused" % event)
     if event == "import":
-        name = _str(args[0])
-        if name.split(".")[0] in ("_posixsubprocess", "ctypes", "_ctypes", "_xxsubinterpreters",
-                                  "_xxinterpchannels", "_testcapi", "_testinternalcapi"):
-            raise _Refused("sandbox: import of %s refused" % name)
+        if args[2] is None:  # _imp.create_dynamic: an extension module not loaded before the hook
+            raise _NoModule("sandbox: loading extension module %r refused" % (text(args[0]),))
+        name = text(args[0])
+        if name is None or name.split(".")[0] in ("_posixsubprocess", "ctypes", "_ctypes", "_xxsubinterpreters",
+                                                  "_xxinterpchannels", "_testcapi", "_testinternalcapi"):
+            raise _Refused("sandbox: import of %r refused" % (name,))
         return
-    if event in ("os.kill", "os.killpg"):
-        if args[0] not in (_pid(), 0):
+    if event == "os.kill" or event == "os.killpg":
+        if args[0] != _pid() and args[0] != 0:
             raise _Refused("sandbox: %s of another process refused" % event)
         return
-    if event in _DIRFD:
-        i = _DIRFD[event]
-        if not inside(args[0], args[i] if i is not None and i < len(args) else None):
+    if event in ("os.remove", "os.rmdir", "shutil.rmtree"):
+        i = 1
+    elif event in ("os.mkdir", "os.chmod"):
+        i = 2
+    elif event in ("os.chown", "os.utime"):
+        i = 3
+    elif event in ("os.truncate", "os.chflags", "os.lchflags"):
+        i = None
+    else:
+        i = 0
+    if i != 0:
+        if not inside(args[0], args[i] if i is not None and i < _len(args) else -1):
             raise _Refused("sandbox: %s outside the working directory refused" % event)
         return
-    if event in _TWO:
-        (si, di), src, dst = _TWO[event], args[0], args[1]
-        sfd = args[si] if si is not None and si < len(args) else None
-        dfd = args[di] if di is not None and di < len(args) else None
+    if event in ("os.rename", "os.link", "os.symlink", "shutil.copyfile", "shutil.copytree", "shutil.move"):
+        si, di = (2, 3) if event in ("os.rename", "os.link") else (None, 2) if event == "os.symlink" else (None, None)
+        src, dst = args[0], args[1]
+        sfd = args[si] if si is not None and si < _len(args) else -1
+        dfd = args[di] if di is not None and di < _len(args) else -1
         if event == "os.symlink":  # the target is relative to the link's directory
-            src, sfd = _join(_dirname(_fsd(dst)), _fsd(src)), dfd
+            d, s = text(dst), text(src)
+            if d is None or s is None:
+                raise _Refused("sandbox: os.symlink needs str or bytes paths")
+            src, sfd = (s if s.startswith("/") else d.rpartition("/")[0] + "/" + s), dfd
         if not ((event.startswith("shutil.copy") or inside(src, sfd)) and inside(dst, dfd)):
             raise _Refused("sandbox: %s outside the working directory refused" % event)
         return
-    if event == "object.__setattr__" and args[1] == "__code__" and _callable(args[0]):
-        raise _Refused("sandbox: replacing a function's code refused")
-'''
+    if event == "object.__setattr__" and text(args[1]) in ("__code__", "__defaults__", "__kwdefaults__"):
+        raise _Refused("sandbox: replacing a function's %s refused" % text(args[1]))
+"""
 
 
 def _hook_source(work: str) -> str:
@@ -255,7 +326,7 @@ def run_python(program: str, timeout: float = 5.0, memory_mb: int = 1024, *, fil
             f.write(program)
         report = os.path.join(root, "layers.json")
         cfg = {"work": work, "report": report, "ns": list(prefix[1:]), "landlock": bool(landlock),
-               "hook": bool(audit_hook),
+               "hook": bool(audit_hook), "preload": list(PRELOADED_EXTENSIONS),
                "rlimits": {"RLIMIT_CPU": max(1, int(timeout) + 1), "RLIMIT_AS": memory_mb * 2**20,
                            "RLIMIT_FSIZE": file_mb * 2**20, "RLIMIT_NOFILE": 64, "RLIMIT_CORE": 0,
                            "RLIMIT_NPROC": 0}}
