@@ -14,7 +14,8 @@ from nexus_optim.data.text import chunk_text, take_budget, take_files
 
 def metamath(ctx, options: dict, budget: int | None) -> list[str]:
     """Chunks of a Metamath database (default ``set.mm``, Debian ``metamath-databases``)."""
-    root = apt_package("metamath-databases", ctx.data_dir, "metamath", "metamath_logic") / "usr/share/metamath/databases"
+    root = apt_package("metamath-databases", ctx.data_dir, "metamath", "metamath_logic")
+    root = root / "usr/share/metamath/databases"
     text = (root / options.get("database", "set.mm")).read_text(encoding="utf-8", errors="replace")
     return take_budget(chunk_text(text, 3000), budget, ctx.seed, "metamath")
 
