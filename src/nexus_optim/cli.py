@@ -129,6 +129,9 @@ def _task_options(items: list[str]) -> dict:
         if not sep or not dot or not task or not name:
             raise ValueError(f"--task-option {item!r}: expected TASK.KEY=VALUE, e.g. gsm.fewshot=3")
         out.setdefault(task, {})[name] = parse_yaml(value, f"--task-option {key}")
+    from nexus_optim.eval.tasks import check_options
+
+    check_options(out)  # unknown keys, types, nan, ranges: before anything is loaded
     return out
 
 
@@ -152,7 +155,10 @@ def _write_lm_eval_data(args, options: dict) -> int:
 
 
 def cmd_eval(args) -> int:
+    from nexus_optim.eval.tasks import check_limit
+
     options = _task_options(args.task_option)
+    check_limit(args.limit)
     if args.write_lm_eval_data:
         return _write_lm_eval_data(args, options)
     if not args.ckpt:

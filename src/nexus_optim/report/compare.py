@@ -36,8 +36,9 @@ the same config and identical metrics, i.e. a copy), and runs on different data:
 tokenizer, vocabulary, sources, val split or data seed (from ``config.yaml``, and from the
 tokenizer and shard checksums in ``prepared.json`` when runs have one) make losses in
 nats/token incomparable; ``allow_different_data=True`` turns that into a warning. Loud
-warnings (`CompareWarning`, also listed first in the notes): different mixture weights
-(``val/id`` is then a differently weighted mean), and runs with fewer than two evals, for
+warnings (`CompareWarning`, also listed first in the notes): different models (``model.preset``,
+``model.overrides`` or ``model.seq_len``: a scaling comparison may mean it, an optimizer one
+does not), different mixture weights (``val/id`` is then a differently weighted mean), and runs with fewer than two evals, for
 which "tokens at matched loss" means nothing: they are left out of the matched-loss table
 (the equal-token comparison keeps them).
 
@@ -62,7 +63,8 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from nexus_optim.report.groups import check_distinct, check_same_data, group_runs, mixture_weights
+from nexus_optim.report.groups import (check_distinct, check_same_data, check_same_model, group_runs,
+                                     mixture_weights)
 from nexus_optim.report.pairing import apply_holm, pairing_design, power_table
 from nexus_optim.report.reference import ngram_lines
 from nexus_optim.report.runs import Run, is_num, load_run
@@ -88,6 +90,8 @@ def _check_runs(runs: list[Run], allow_different_data: bool, warns: list[str]) -
                          f"across tokenizers or val sets (allow_different_data=True to compare anyway)")
     for p in problems:
         _loud(warns, f"the runs use different data: {p}; losses may not be comparable")
+    for p in check_same_model(runs):  # a scaling comparison may mean it; an optimizer one does not
+        _loud(warns, f"the runs train different models: {p}; differences mix the model with the optimizer")
     w0 = mixture_weights(runs[0].cfg)
     for r in runs[1:]:
         if mixture_weights(r.cfg) != w0:

@@ -129,6 +129,25 @@ def check_same_data(runs: list[Run]) -> list[str]:
     return problems
 
 
+#: the config keys that decide the model a loss is measured with
+MODEL_KEYS = ("model.preset", "model.overrides", "model.seq_len")
+
+
+def check_same_model(runs: list[Run]) -> list[str]:
+    """Differences in the model (preset, overrides, sequence length) between the first run
+    and each other one, naming both runs and the key (empty list: the same model)."""
+    def keys(r: Run) -> dict:
+        m = r.cfg.get("model") or {}
+        return {k: json.dumps(m.get(k.split(".", 1)[1]), sort_keys=True, default=str) for k in MODEL_KEYS}
+
+    ref, out = keys(runs[0]), []
+    for r in runs[1:]:
+        diff = [f"{k} {ref[k]} in {str(runs[0].path)!r} but {v} in {str(r.path)!r}"
+                for k, v in keys(r).items() if v != ref[k]]
+        out += diff[:1]
+    return out
+
+
 def check_distinct(run_dirs: list[Path], runs: list[Run]) -> None:
     seen: dict[Path, Path] = {}
     for d in run_dirs:
