@@ -394,3 +394,20 @@ def test_peak_memory_does_not_grow_with_the_corpus(tmp_path):
                              text=True, check=True)
         peaks[mb] = int(out.stdout.split()[-1]) / 1024  # MiB
     assert peaks[7.5] - peaks[2.5] < 10, peaks
+
+
+def test_the_130m_corpus_recipe_loads_and_holds_2_6b_tokens(tmp_path, monkeypatch):
+    from nexus_optim.train.config import load_config
+
+    repo = Path(__file__).resolve().parents[2]
+    for p in ["corpus/web/a.jsonl.gz", "corpus/math/a.parquet", "corpus/heldout/a.jsonl"]:
+        (tmp_path / p).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / p).write_text("x")
+    (tmp_path / "corpus/code").mkdir()
+    (tmp_path / "corpus/code/state.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(repo / "configs/130m-corpus.yaml")
+    ranks = 8
+    tokens = cfg.train.steps * cfg.optim.inner_steps * cfg.train.micro_batch_size * cfg.model.seq_len * ranks
+    assert 2.55e9 < tokens < 2.65e9 and cfg.model.preset == "130m"
+    assert [s.role for s in cfg.data.sources].count("ood") == 1
