@@ -93,3 +93,28 @@ def test_guard_catches_accumulate_under_accelerate():
                 accelerator.backward(model(input_ids=ids, labels=ids).loss)
                 opt.step()  # skipped by accelerate except every K-th micro-batch
                 opt.zero_grad()
+
+
+def test_a_prepared_scheduler_of_nexus_is_refused():
+    """A scheduler passed through prepare() is stepped by AcceleratedScheduler on every
+    opt.step() that syncs: every micro-batch with Nexus, K steps per outer step (issue 21).
+    check_accelerator after prepare() refuses it; a scheduler kept out of prepare() passes."""
+    model, nexus, sched = _setup()
+    accelerator = Accelerator(cpu=True)
+    model, opt, psched = accelerator.prepare(model, nexus, sched)
+    for ids in _data()[:K]:  # one outer step, the scheduler stepped per micro-batch
+        accelerator.backward(model(input_ids=ids, labels=ids).loss)
+        opt.step()
+        opt.zero_grad()
+        psched.step()
+    assert nexus.outer_steps == 1 and sched.last_epoch == K  # K times too fast: what is refused
+    with pytest.raises(HostError, match=f"LambdaLR of Nexus\\(inner_steps={K}\\) went through "
+                                        "accelerator.prepare\\(\\).*run 3x too fast"):
+        check_accelerator(accelerator)
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    model, nexus, sched = _setup()
+    accelerator = Accelerator(cpu=True)
+    model, opt = accelerator.prepare(model, nexus)
+    check_accelerator(accelerator)  # the README's recipe: the scheduler stays outside

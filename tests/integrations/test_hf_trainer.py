@@ -298,3 +298,21 @@ def test_plain_loop_is_not_affected_by_the_guard():
         opt.step()
         opt.zero_grad()
     assert opt.outer_steps == 2
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"gradient_accumulation_steps": 0}, "TrainingArguments(gradient_accumulation_steps=0) must be an integer >= 1"),
+    ({"optim": "adafactor"}, "TrainingArguments(optim='adafactor') would be ignored: the optimizer is Nexus"),
+    ({"optim": "sgd"}, "TrainingArguments(optim='sgd') would be ignored"),
+    ({"optim_args": "foo=1"}, "TrainingArguments(optim_args='foo=1') would be ignored"),
+])
+def test_arguments_nexus_trainer_cannot_honour_are_refused(tmp_path, kw, message):
+    """(issue 21) before: a ZeroDivisionError deep in train(), or optim silently ignored."""
+    with pytest.raises(ValueError) as e:
+        NexusTrainer(model=model(), args=args(tmp_path, **kw), train_dataset=Counting())
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_adamw_optim_values_are_accepted(tmp_path):
+    for optim in ("adamw_torch", "adamw_torch_fused"):
+        NexusTrainer(model=model(), args=args(tmp_path, optim=optim), train_dataset=Counting())

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from nexus_optim.integrations.accelerate import unwrap_nexus
 from nexus_optim.optim.nexus import Nexus
 
 __all__ = ["NexusTrainer", "nexus_optimizer_cls_and_kwargs", "unwrap_nexus"]
@@ -61,15 +62,28 @@ def nexus_optimizer_cls_and_kwargs(args: TrainingArguments, **nexus_kwargs: Any
     return Nexus, kwargs
 
 
-def unwrap_nexus(optimizer: Any) -> Nexus | None:
-    """The Nexus inside accelerate/Trainer wrappers (``.optimizer`` chains), or None."""
-    for _ in range(8):
-        if isinstance(optimizer, Nexus):
-            return optimizer
-        optimizer = getattr(optimizer, "optimizer", None)
-        if optimizer is None:
-            return None
-    return None
+#: ``TrainingArguments.optim`` values that mean the AdamW Nexus uses as its outer optimizer
+_ADAMW_OPTIMS = ("adamw_torch", "adamw_torch_fused", "adamw_hf")
+
+
+def _check_arguments(args: TrainingArguments) -> None:
+    """Refuse arguments NexusTrainer cannot honour (one-line ValueError naming them), before
+    anything runs: ``gradient_accumulation_steps`` < 1 (K, Nexus' ``inner_steps``), and an
+    ``optim`` / ``optim_args`` the Trainer would use to build another optimizer (NexusTrainer
+    always builds Nexus; its outer optimizer is chosen with ``nexus_kwargs={"outer": ...}``)."""
+    k = args.gradient_accumulation_steps
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"NexusTrainer: TrainingArguments(gradient_accumulation_steps={k!r}) must be "
+                         "an integer >= 1 (it is K, Nexus' inner_steps: micro-batches per outer step)")
+    optim = getattr(args.optim, "value", args.optim)
+    if optim not in _ADAMW_OPTIMS:
+        raise ValueError(f"NexusTrainer: TrainingArguments(optim={optim!r}) would be ignored: the "
+                         "optimizer is Nexus, whose outer optimizer is AdamW; leave optim at its "
+                         "default and pass nexus_kwargs={'outer': <torch.optim class>, ...} to "
+                         "change it, or use transformers.Trainer for another optimizer")
+    if getattr(args, "optim_args", None):
+        raise ValueError(f"NexusTrainer: TrainingArguments(optim_args={args.optim_args!r}) would be "
+                         "ignored; pass Nexus' options as nexus_kwargs={...}")
 
 
 class _RestoreInnerSteps(TrainerCallback):
@@ -97,6 +111,7 @@ class NexusTrainer(Trainer):
 
     def __init__(self, *args: Any, nexus_kwargs: dict[str, Any] | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        _check_arguments(self.args)
         self.nexus_kwargs = dict(nexus_kwargs or {})
         if self.optimizer is not None and self.nexus_kwargs:
             raise ValueError("NexusTrainer: pass nexus_kwargs or optimizers=(Nexus(...), ...), "
