@@ -111,6 +111,11 @@ def test_bad_rows_in_compressed_and_columnar_files_name_file_and_row(tmp_path):
     with pytest.raises(ValueError) as e:
         files(_ctx([gz]), {}, None)
     _one_line(e, f"{gz}:2:", "invalid UTF-8")
+    sur = tmp_path / "sur.jsonl"
+    sur.write_text('{"text": "pair \\ud83d\\ude00 ok"}\n{"text": "lone \\ud800 bad"}\n')
+    with pytest.raises(ValueError) as e:
+        files(_ctx([sur]), {}, None)
+    _one_line(e, f"{sur}:2:", "unpaired surrogate")
     cut = tmp_path / "cut.jsonl.gz"
     cut.write_bytes(gzip.compress(b'{"text": "ok"}\n' * 5000)[:200])
     with pytest.raises(ValueError) as e:

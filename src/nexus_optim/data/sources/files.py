@@ -140,6 +140,12 @@ def _jsonl(path: str, field: str, on_bytes: Callable[[int], None] | None = None)
                     raise ValueError(f"{path}:{i}: invalid JSON ({e.msg} at column {e.colno})") from None
                 if not isinstance(row, dict) or not isinstance(row.get(field), str):
                     raise ValueError(f"{path}:{i}: expected a JSON object with a string field {field!r}")
+                if "\\ud" in line or "\\uD" in line:  # an escaped UTF-16 surrogate: valid JSON, not valid text alone
+                    try:
+                        row[field].encode("utf-8")
+                    except UnicodeEncodeError:
+                        raise ValueError(f"{path}:{i}: field {field!r} holds an unpaired surrogate escape "
+                                         f"(\\ud800-\\udfff): not valid Unicode text") from None
                 yield row[field]
         finally:
             if f is not raw:
