@@ -293,10 +293,13 @@ def _holm_rows(report: dict) -> dict:
 def _gpu_tier_line(md_path: Path) -> str:
     """Where the GPU tier stands: its summaries beside this doc (``gpu-study/runs``) or not."""
     ran = (md_path.parent / "gpu-study" / "runs" / "design.json").exists()
-    return ("GPU tier: `bash scripts/gpu_study.sh` (design `gpu-130m`: this protocol at 130m, 4 seeds "
-            "per primary arm, about 8 minutes of one H200) writes the same summaries; "
-            + ("they are under `gpu-study/runs`, its report in `gpu-study.md`." if ran else
-               "it is prepared and has not run (no GPU was available)."))
+    if ran:
+        return ("GPU tier: the `gpu-130m` design's summaries are under `gpu-study/runs`, its report in "
+                "`gpu-study.md`.")
+    return ("GPU tier: the `gpu-130m` design (130m on 3.3M tokens, 0.03 tokens/parameter) could not say "
+            "anything and was replaced by a rung, `bash scripts/gpu_study.sh`: AdamW vs Nexus at the micro "
+            "preset on about 100M tokens at a relative gamma (the dose study's window, else r = 1 following "
+            "the schedule), under 10 minutes of one GPU; it is prepared and has not run (no GPU was available).")
 
 
 def render_study(report: dict, out: Path, md_path: Path) -> str:
