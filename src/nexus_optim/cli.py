@@ -137,7 +137,9 @@ def _task_options(items: list[str]) -> dict:
 
 def _write_lm_eval_data(args, options: dict) -> int:
     from nexus_optim.eval.lm_eval_data import write_lm_eval_data
+    from nexus_optim.train.rundir import refuse_run_files
 
+    refuse_run_files(args.write_lm_eval_data, "--write-lm-eval-data")  # never inside a run's checkpoints
     prepared = tokenizer = max_length = None
     if args.ckpt:
         from nexus_optim.train.artifacts import load_trained

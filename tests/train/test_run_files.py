@@ -140,7 +140,13 @@ def test_export_and_eval_out_never_write_into_a_run(tiny_config, tmp_path, cli, 
                    out / "metrics.jsonl"):
         err = _one_line(*cli("eval", out, "--out", target, "--max-tokens", "64"))
         assert "nothing was written" in err, err
+    err = _one_line(*cli("geometry", "grad-sim", out, "--batches", "1", "--out", ckpt / "meta.json"))
+    assert "inside the checkpoint" in err, err
+    err = _one_line(*cli("eval", "--write-lm-eval-data", ckpt, "--tasks", "arith", "--limit", "2"))
+    assert "inside the checkpoint" in err, err
     assert _tree(out) == before
+    assert cli("geometry", "grad-sim", out, "--batches", "1")[0] == 0  # RUN/geometry.json: the run's
+    assert "geometry.json" in read_run_manifest(out)["created"]
     # a non-empty directory that is not an export: refused, untouched
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -354,6 +360,8 @@ def test_resume_refuses_to_resize_the_schedule(tiny_config, cli, config_file):
     assert "train.steps 6 -> 12" in err and "cosine" in err, err
     assert {k: v for k, v in _tree(out).items() if "lock" not in k} == \
         {k: v for k, v in before.items() if "lock" not in k}
+    err = _one_line(*cli("train", "--config", path, "--resume", "--set", "train.steps=3"))
+    assert "train.steps=3 is below the step of checkpoint" in err, err
     # a constant schedule may grow; so may a wsd one before its decay, but not in it
     for kind, stop, ok in (("constant", 6, True), ("wsd", 3, True), ("wsd", 6, False)):
         cfg2 = yaml.safe_load(yaml.safe_dump(cfg))

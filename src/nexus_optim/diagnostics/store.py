@@ -17,7 +17,8 @@ import json
 from pathlib import Path
 
 from nexus_optim.runtime import write_json
-from nexus_optim.train.rundir import GEOMETRY_FILE, RUN_MANIFEST, record_created, run_dir_of
+from nexus_optim.train.rundir import (GEOMETRY_FILE, RUN_MANIFEST, is_run_dir, record_created,
+                                      refuse_run_files, run_dir_of)
 
 
 def save_geometry(path: str | Path, key: str, result: dict) -> Path:
@@ -26,10 +27,13 @@ def save_geometry(path: str | Path, key: str, result: dict) -> Path:
     p = Path(path)
     if p.is_dir():
         p = run_dir_of(p) / GEOMETRY_FILE
+    if p.name == GEOMETRY_FILE and is_run_dir(p.parent):
+        if (p.parent / RUN_MANIFEST).is_file():
+            record_created(p.parent, GEOMETRY_FILE)  # the run's: --overwrite deletes it with the run
+    else:  # --out elsewhere: never inside a checkpoint or onto another run file
+        refuse_run_files(p, "geometry --out")
     data = json.loads(p.read_text()) if p.is_file() else {}
     data[key] = result
-    if p.name == GEOMETRY_FILE and (p.parent / RUN_MANIFEST).is_file():
-        record_created(p.parent, GEOMETRY_FILE)  # the run's: --overwrite deletes it with the run
     return write_json(p, data)
 
 

@@ -375,6 +375,10 @@ def _check_schedule_length(ckpt: Path, old: dict, cfg) -> None:
     m = _STEP_DIR.match(ckpt.name)
     if before == now or not isinstance(before, int) or m is None:
         return
+    if now < int(m.group(1)):
+        raise ValueError(f"--resume: train.steps={now} is below the step of checkpoint "
+                         f"{str(ckpt)!r} ({int(m.group(1))}): nothing would be trained; "
+                         f"resume with train.steps >= {int(m.group(1))}")
     s = cfg.schedule
     for t in range(int(m.group(1)) + 1):  # the multipliers of the steps taken and the next
         a = lr_multiplier(t, before, s.kind, s.warmup_steps, s.min_lr_ratio, s.decay_fraction)
@@ -388,7 +392,8 @@ def _check_schedule_length(ckpt: Path, old: dict, cfg) -> None:
                 "before its decay)")
 
 
-def _is_run_dir(d: Path) -> bool:
+def is_run_dir(d: Path) -> bool:
+    """Whether ``d`` holds a nexus run (a manifest, a lock file, or a run from before manifests)."""
     return (d / RUN_MANIFEST).is_file() or (d / LOCK_NAME).is_file() or _legacy_run(d)
 
 
@@ -400,13 +405,13 @@ def refuse_run_files(path: str | Path, what: str) -> None:
     given = Path(os.path.abspath(path))
     for p in dict.fromkeys([given, given.resolve()]):
         for a in [p, *p.parents]:
-            if a.name == "checkpoints" and (_is_run_dir(a.parent) or bool(list_checkpoints(a))):
+            if a.name == "checkpoints" and (is_run_dir(a.parent) or bool(list_checkpoints(a))):
                 raise ValueError(f"{what}: {str(path)!r} is inside the checkpoints of the run "
                                  f"{str(a.parent)!r}; nothing was written: write elsewhere")
             if (a / "checksums.json").is_file() and (a / "model.safetensors").is_file():
                 raise ValueError(f"{what}: {str(path)!r} is inside the checkpoint {str(a)!r}; "
                                  "nothing was written: write elsewhere")
-        if p.name in (*RUN_ARTIFACTS, RUN_MANIFEST, LOCK_NAME) and _is_run_dir(p.parent):
+        if p.name in (*RUN_ARTIFACTS, RUN_MANIFEST, LOCK_NAME) and is_run_dir(p.parent):
             raise ValueError(f"{what}: {str(path)!r} is the run's own {p.name!r} in "
                              f"{str(p.parent)!r}; nothing was written: write elsewhere")
 
