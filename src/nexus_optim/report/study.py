@@ -35,7 +35,7 @@ from nexus_optim.eval.lines import line_excess
 from nexus_optim.report.paired import min_detectable_difference, paired_family, paired_test, seeds_needed
 from nexus_optim.report.runs import Run, is_num, load_run
 from nexus_optim.report.tables import at_tokens, crossing
-from nexus_optim.runtime import write_json, write_text
+from nexus_optim.runtime import one_line, write_json, write_text
 from nexus_optim.train.logging import read_metrics
 
 CLOSENESS_KEYS = ("cross_loss_gap", "displacement_cos", "distance_over_path", "pair_barrier",
@@ -393,7 +393,7 @@ def _ngram(root: Path, runs: list[StudyRun]) -> dict:
     try:
         ref = ngram_reference(recorded_data(run.path), int(run.cfg["model"]["seq_len"]), None)
     except (ValueError, OSError, KeyError, TypeError) as e:
-        return {"available": False, "lines": {}, "note": f"n-gram lines skipped: {' '.join(str(e).split())[:300]}"}
+        return {"available": False, "lines": {}, "note": f"n-gram lines skipped: {one_line(e)}"}
     lines = {o: {f"val/{k[len(f'ngram/{o}/val/'):]}": v for k, v in ref.items() if k.startswith(f"ngram/{o}/val/")}
              for o in ("unigram", "bigram")}
     ng = {"available": True, "lines": lines, "discount": ref.get("ngram/discount"), "max_tokens": None,
