@@ -73,6 +73,8 @@ def test_another_outer_optimizers_state_is_refused_and_nothing_changes(saved_out
     (("state", 0), "garbage", r"state\[0\] is a str, not a dict"),
     (("state",), [1, 2], r"'state' is a list, not a dict"),
     (("param_groups", 0), "garbage", r"param_groups\[0\] is not a dict"),
+    (("state", 2, "nexus_anchor"), torch.zeros(2, 4, dtype=torch.int64),
+     r"state\[2\]\['nexus_anchor'\] has dtype torch.int64, not a floating-point one"),
 ])
 def test_state_of_the_wrong_type_is_refused(where, value, match):
     _, opt = _trained(torch.optim.AdamW)
@@ -83,6 +85,17 @@ def test_state_of_the_wrong_type_is_refused(where, value, match):
         node = node[key]
     node[where[-1]] = value
     with pytest.raises(ValueError, match=match):
+        opt.load_state_dict(sd)
+    _same_state(opt.state_dict(), before)
+
+
+def test_a_generator_state_of_the_wrong_size_is_refused():
+    _, opt = _trained(torch.optim.AdamW, inner_norm="random")
+    sd = copy.deepcopy(opt.state_dict())
+    before = copy.deepcopy(sd)
+    sd["state"][0]["nexus_rng"] = sd["state"][0]["nexus_rng"][:-8]
+    with pytest.raises(ValueError, match=r"state\[0\]\['nexus_rng'\] has \d+ elements, this "
+                                         r"generator's state has \d+"):
         opt.load_state_dict(sd)
     _same_state(opt.state_dict(), before)
 

@@ -386,7 +386,7 @@ class Nexus(Optimizer):
             if result is not None:
                 state_dict = result
         outer_sd, mine = nexus_state.unpack(state_dict, self._params, self.param_groups,
-                                            self._settings())  # validates; ValueError
+                                            self._settings(), self.loop.generator)  # validates
         checks.load_outer_atomically(self.outer, outer_sd)
         self.param_groups = self.outer.param_groups
         self._reindex()

@@ -193,10 +193,60 @@ def _check_groups(saved_groups: Any, groups: list[dict[str, Any]]) -> list[int]:
     return [i for sg in saved_groups for i in sg["params"]]
 
 
+def _split_entry(pid: Any, entry: Any, n: int, p: Tensor) -> tuple[dict, dict]:
+    """One saved ``state[pid]`` for parameter n: (Nexus keys, outer keys), validated."""
+    if not isinstance(entry, Mapping):
+        raise ValueError(f"state_dict: state[{pid!r}] is a {type(entry).__name__}, not a dict")
+    ours = {k: v for k, v in entry.items() if k.startswith(PREFIX)}
+    rest = {k: v for k, v in entry.items() if not k.startswith(PREFIX)}
+    for key, value in rest.items():  # outer state: same rank => same shape
+        _check_value(f"state[{pid}][{key!r}]", value)
+        if (isinstance(value, Tensor) and value.dim() == p.dim() and value.dim() > 0
+                and tuple(value.shape) != tuple(p.shape)):
+            raise ValueError(f"state_dict: state[{pid}][{key!r}] has shape "
+                             f"{tuple(value.shape)}, parameter {n} has {tuple(p.shape)}")
+    for key in ("nexus_anchor", "nexus_trajectory", "nexus_probe"):
+        if key in ours and _shape(ours[key]) != tuple(p.shape):
+            raise ValueError(f"state_dict: state[{pid}][{key!r}] has shape "
+                             f"{_shape(ours[key])}, parameter {n} has {tuple(p.shape)}")
+        if key in ours and not ours[key].is_floating_point():
+            raise ValueError(f"state_dict: state[{pid}][{key!r}] has dtype "
+                             f"{ours[key].dtype}, not a floating-point one")
+    for key in ("nexus_counters", "nexus_rng"):
+        if key in ours and not isinstance(ours[key], Tensor):
+            raise ValueError(f"state_dict: state[{pid}][{key!r}] is a "
+                             f"{type(ours[key]).__name__}, not a tensor")
+    return ours, rest
+
+
+def _check_complete(mine: dict[int, dict], n_params: int, settings: Settings,
+                    generator: torch.Generator | None) -> None:
+    """Every parameter has its Nexus state, saved with these settings."""
+    for n in range(n_params):
+        ours = mine.get(n, {})
+        if "nexus_anchor" not in ours or "nexus_counters" not in ours:
+            raise ValueError(f"state_dict: parameter {n} has no Nexus state "
+                             "(not a Nexus state dict, or saved by another optimizer)")
+        if ("nexus_trajectory" in ours) != (settings.outer_grad == "trajectory"):
+            raise ValueError("outer_grad: checkpoint was saved with a different outer_grad "
+                             f"(this optimizer has {settings.outer_grad!r})")
+    if not n_params:
+        return
+    LoopState.check_counters(mine[0]["nexus_counters"], settings)
+    if settings.inner_norm == "random" and "nexus_rng" not in mine[0]:
+        raise ValueError("state_dict: random mode without 'nexus_rng' in state[0]")
+    rng, want = mine[0].get("nexus_rng"), generator and generator.get_state().numel()
+    if rng is not None and want and rng.numel() != want:
+        raise ValueError(f"state_dict: state[0]['nexus_rng'] has {rng.numel()} elements, "
+                         f"this generator's state has {want}")
+
+
 def unpack(state_dict: Any, params: list[Tensor], groups: list[dict[str, Any]],
-           settings: Settings) -> tuple[dict[str, Any], dict[int, dict]]:
+           settings: Settings, generator: torch.Generator | None = None
+           ) -> tuple[dict[str, Any], dict[int, dict]]:
     """Split and validate: (the outer optimizer's state dict, Nexus keys per index).
-    Raises ValueError naming the first problem; changes nothing."""
+    ``generator``: this optimizer's (random mode). Raises ValueError naming the first
+    problem; changes nothing."""
     if not isinstance(state_dict, Mapping):
         raise ValueError("state_dict: must be a dict with 'state' and 'param_groups' (what "
                          f"Nexus.state_dict() returns), got {type(state_dict).__name__}")
@@ -212,42 +262,11 @@ def unpack(state_dict: Any, params: list[Tensor], groups: list[dict[str, Any]],
     for pid, entry in saved_state.items():
         if pid not in index:
             raise ValueError(f"state_dict: state for parameter {pid!r}, which no group lists")
-        if not isinstance(entry, Mapping):
-            raise ValueError(f"state_dict: state[{pid!r}] is a {type(entry).__name__}, "
-                             "not a dict")
         n = index[pid]
-        p = params[n]
-        ours = {k: v for k, v in entry.items() if k.startswith(PREFIX)}
-        rest = {k: v for k, v in entry.items() if not k.startswith(PREFIX)}
-        for key, value in rest.items():  # outer state: same rank => same shape
-            _check_value(f"state[{pid}][{key!r}]", value)
-            if (isinstance(value, Tensor) and value.dim() == p.dim() and value.dim() > 0
-                    and tuple(value.shape) != tuple(p.shape)):
-                raise ValueError(f"state_dict: state[{pid}][{key!r}] has shape "
-                                 f"{tuple(value.shape)}, parameter {n} has {tuple(p.shape)}")
-        for key in ("nexus_anchor", "nexus_trajectory", "nexus_probe"):
-            if key in ours and _shape(ours[key]) != tuple(p.shape):
-                raise ValueError(f"state_dict: state[{pid}][{key!r}] has shape "
-                                 f"{_shape(ours[key])}, parameter {n} has {tuple(p.shape)}")
-        for key in ("nexus_counters", "nexus_rng"):
-            if key in ours and not isinstance(ours[key], Tensor):
-                raise ValueError(f"state_dict: state[{pid}][{key!r}] is a "
-                                 f"{type(ours[key]).__name__}, not a tensor")
+        mine[n], rest = _split_entry(pid, entry, n, params[n])
         if rest:
             outer_state[pid] = rest
-        mine[n] = ours
-    for n in range(len(params)):
-        ours = mine.get(n, {})
-        if "nexus_anchor" not in ours or "nexus_counters" not in ours:
-            raise ValueError(f"state_dict: parameter {n} has no Nexus state "
-                             "(not a Nexus state dict, or saved by another optimizer)")
-        if ("nexus_trajectory" in ours) != (settings.outer_grad == "trajectory"):
-            raise ValueError("outer_grad: checkpoint was saved with a different outer_grad "
-                             f"(this optimizer has {settings.outer_grad!r})")
-    if params:
-        LoopState.check_counters(mine[0]["nexus_counters"], settings)
-    if settings.inner_norm == "random" and params and "nexus_rng" not in mine[0]:
-        raise ValueError("state_dict: random mode without 'nexus_rng' in state[0]")
+    _check_complete(mine, len(params), settings, generator)
     outer_sd = {k: v for k, v in state_dict.items() if k != "state"}
     outer_sd["state"] = outer_state
     return outer_sd, mine
