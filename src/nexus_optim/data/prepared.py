@@ -222,7 +222,7 @@ class PreparedData:
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "PreparedData":
-        """Read a ``prepared.json`` / ``prepared-<key>.json`` (`check_record`'d); any problem
+        """Read a ``prepared.json`` / ``prepared-<key>.json`` (`check_paths` applied); any problem
         is a one-line ValueError naming the file and the field."""
         names = {f.name for f in fields(cls)}
         try:
