@@ -155,3 +155,13 @@ def test_bad_seed_is_refused_before_any_run_file_is_written(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"nexus train: error: {bad.split('=')[0]}: ") and "\n" not in err
         assert not out.exists()
+
+
+def test_trainer_checks_a_config_changed_in_python(tmp_path):
+    from nexus_optim.train.loop import Trainer
+
+    cfg = load_config(None, [f"train.out_dir={tmp_path / 'run'}"])
+    cfg.train.seed = -1  # bypasses load_config
+    with pytest.raises(ValueError, match=r"^train.seed: must be in \[0, 4294967295\], got -1$"):
+        Trainer(cfg)
+    assert not (tmp_path / "run").exists()

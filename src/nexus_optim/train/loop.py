@@ -60,7 +60,7 @@ from nexus_optim.optim.distributed import backward_context, ddp_kwargs
 from nexus_optim.runtime import autocast_for, is_disk_full, one_line, pick_device, write_text
 from nexus_optim.train.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint,
                                           rng_state, save_checkpoint, set_rng_state)
-from nexus_optim.train.config import Config, save_config
+from nexus_optim.train.config import Config, save_config, validate
 from nexus_optim.train.distributed import replica_mismatches, setup_distributed
 from nexus_optim.train.logging import MetricsLogger
 from nexus_optim.train.optimizers import build_optimizer, gamma_record, step_protocol
@@ -161,6 +161,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, resume: bool | str = False, overwrite: bool = False,
                  callbacks: tuple[Callable[["Trainer"], None], ...] = ()):
+        validate(cfg)  # a Config built or changed in Python: every bound, before anything is written
         self.cfg = cfg
         # called with the trainer after every outer step (its eval and checkpoint included)
         self.callbacks = list(callbacks)
