@@ -32,7 +32,7 @@ DEMO_SETTINGS = {
     "model.overrides": "{" + ", ".join(f"{k}: {v}" for k, v in _STUDY.model_overrides.items()) + "}",
     "data.vocab_size": _STUDY.vocab_size, "model.seq_len": _STUDY.seq_len,
     "optim.inner_lr": 0.03,  # the study's gamma* (docs/results/cpu-study.md, "Selection")
-    "train.steps": 200, "schedule.warmup_steps": 10, "schedule.min_lr_ratio": _STUDY.min_lr_ratio,
+    "train.steps": 300, "schedule.warmup_steps": 15, "schedule.min_lr_ratio": _STUDY.min_lr_ratio,
     "train.eval_every": 20, "train.eval_tokens": 8192, "train.grad_sim_batches": 2,
     "train.ckpt_every": 100,
 }
