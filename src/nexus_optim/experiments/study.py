@@ -38,7 +38,7 @@ from nexus_optim.experiments.design import (PRIMARY_ARMS, SECONDARY_ARMS, DoseDe
                                             design_changes, dose_row, dose_select_lr, large_settings,
                                             select_gamma, select_lr, transfer)
 from nexus_optim.experiments.runs import eval_records, finished
-from nexus_optim.report.study import levels_at, study_report
+from nexus_optim.report.study import dose_report, levels_at, study_report
 from nexus_optim.runtime import write_json
 from nexus_optim.train.config import SAMPLINGS
 
@@ -476,6 +476,8 @@ class DoseStudy(Study):
             if win_l is None:
                 return self._stop(f"{large}-window.json")
             self._decision("transfer.json", lambda: transfer(win_s, win_l))
+        if report_out is not None or report_md is not None or tier == "report":
+            dose_report(self.summaries, report_out or self.summaries.parent, report_md)
         return {"summaries": str(self.summaries),
                 "decisions": sorted(p.name for p in self.summaries.glob("*.json"))}
 

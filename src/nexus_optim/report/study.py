@@ -471,3 +471,26 @@ def study_report(summaries: str | Path, out: str | Path, markdown: str | Path | 
     write_json(out / "report.json", report, indent=1, default=str)
     write_text(md, render_study(report, out, md))
     return report
+
+
+# ------------------------------------------------------------------ the dose study
+def dose_report(summaries: str | Path, out: str | Path, markdown: str | Path | None = None) -> dict:
+    """The gamma guide (``study_render.render_gamma_guide``) and its figure
+    (``study_plots.gamma_guide_plot``) from the dose study's design.json and decision files."""
+    from nexus_optim.report.study_plots import gamma_guide_plot
+    from nexus_optim.report.study_render import render_gamma_guide
+
+    root, out = Path(summaries), Path(out)
+    design = json.loads((root / "design.json").read_text())
+    labels = [s["label"] for s in design["sizes"]]
+    names = [f"{x}-lr.json" for x in labels] + [f"{x}-window.json" for x in labels] + ["transfer.json"]
+    dec = {n: json.loads((root / n).read_text()) for n in names if (root / n).exists()}
+    out.mkdir(parents=True, exist_ok=True)
+    windows = {x: dec[f"{x}-window.json"] for x in labels if f"{x}-window.json" in dec}
+    report = {"design": design, "decisions": dec, "n_runs": len(list(root.glob("*/*/run.json"))),
+              "plot": gamma_guide_plot(windows, design, out)}
+    md = Path(markdown) if markdown else out / "gamma-guide.md"
+    report["paths"] = {"json": str(out / "dose.json"), "markdown": str(md)}
+    write_json(out / "dose.json", report, indent=1, default=str)
+    write_text(md, render_gamma_guide(report, out, md))
+    return report

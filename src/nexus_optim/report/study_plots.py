@@ -131,3 +131,39 @@ def study_plots(runs, report: dict, out: Path) -> list[str]:
     made = [_ood_vs_id(plt, runs, report, colors, out), _paired_diffs(plt, runs, report, out),
             _closeness_vs_ood(plt, report, colors, out), _grad_sim(plt, runs, colors, out)]
     return [m for m in made if m]
+
+
+def gamma_guide_plot(windows: dict[str, dict], design: dict, out: Path) -> str | None:
+    """gamma_guide.png: per size (columns), the ID cost (top, bits/byte) and the similarity
+    gain (bottom) of every Nexus setting against its relative gamma r (log axis); a line per
+    reading x schedule; the window's thresholds dashed. ``windows``: size -> <size>-window.json."""
+    sizes = [s for s in windows if windows[s].get("rows")]
+    if not sizes:
+        return None
+    plt = pyplot()
+    fig, axes = plt.subplots(2, len(sizes), figsize=(4.2 * len(sizes), 6.0), squeeze=False, sharex=True)
+    styles = {("trajectory", "fixed"): ("#1f77b4", "-"), ("trajectory", "follow"): ("#1f77b4", "--"),
+              ("displacement", "fixed"): ("#d62728", "-"), ("displacement", "follow"): ("#d62728", "--")}
+    for j, size in enumerate(sizes):
+        rows = windows[size]["rows"]
+        for key in sorted({(x["reading"], x["schedule"]) for x in rows}):
+            pts = sorted((x["r"], x["cost"], x["gain"], x["window"]) for x in rows
+                         if (x["reading"], x["schedule"]) == key and x["cost"] is not None and x["gain"] is not None)
+            if not pts:
+                continue
+            color, ls = styles.get(key, ("0.3", ":"))
+            for i, k in ((0, 1), (1, 2)):
+                axes[i][j].plot([p[0] for p in pts], [p[k] for p in pts], color=color, ls=ls, marker="o", ms=3,
+                                label=f"{key[0]}, {key[1]}")
+                win = [p for p in pts if p[3]]
+                axes[i][j].plot([p[0] for p in win], [p[k] for p in win], "o", mfc="none", mec="k", ms=8)
+        axes[0][j].axhline(design["window_id_bpb"], color="k", ls=":", lw=0.8)
+        axes[1][j].axhline(design["similarity_margin"], color="k", ls=":", lw=0.8)
+        axes[0][j].set_title(f"size {size} (lr* {windows[size]['lr']:g})", fontsize=9)
+        axes[1][j].set_xscale("log")
+        axes[1][j].set_xlabel("relative gamma r = gamma / (lr sqrt(#params))", fontsize=8)
+    axes[0][0].set_ylabel("ID cost: end bits/byte - AdamW's", fontsize=8)
+    axes[1][0].set_ylabel("gain: mean grad cosine - AdamW's", fontsize=8)
+    axes[0][0].legend(fontsize=7)
+    save_png(plt, fig, out / "gamma_guide.png")
+    return "gamma_guide.png"

@@ -1,0 +1,50 @@
+"""The gamma guide (report/study.dose_report) from the dose study's decision files: the answer
+follows transfer.json, every setting's row is in the table, the figure is drawn, and a
+study that has not finished says so."""
+
+from __future__ import annotations
+
+import json
+
+from nexus_optim.experiments.design import DoseDesign, transfer
+from nexus_optim.report.study import dose_report
+
+
+def _row(r, reading, schedule, cost, gain, d):
+    engaged = gain >= d.similarity_margin
+    return {"r": r, "reading": reading, "schedule": schedule, "n": 2, "cost": cost, "gain": gain,
+            "engaged": engaged, "window": engaged and cost <= d.window_id_bpb}
+
+
+def _window(rows, lr):
+    return {"lr": lr, "rows": rows, "windows": [x for x in rows if x["window"]],
+            "engaged": [x for x in rows if x["engaged"]]}
+
+
+def test_the_guide_states_the_answer_and_every_setting(tmp_path):
+    d = DoseDesign()
+    root = tmp_path / "runs"
+    root.mkdir()
+    (root / "design.json").write_text(json.dumps(d.to_dict()))
+    md = tmp_path / "guide.md"
+    rep = dose_report(root, tmp_path / "out", md)
+    assert "Not answered yet: the study has not finished (decisions so far: none; 0 run summaries)" in md.read_text()
+    assert rep["plot"] is None
+    small = [_row(r, rd, "follow", 0.005 * r, 0.03 * r, d) for r in (0.1, 0.3, 1.0) for rd in d.readings]
+    large = [{**x, "window": x["r"] == 0.3 and x["reading"] == "trajectory"} for x in small]
+    (root / "s-lr.json").write_text(json.dumps({"lr": 4e-3, "edge": None, "mean_end_bpb_id": {"0.002": 2.1, "0.004": 2.0}}))
+    (root / "s-window.json").write_text(json.dumps(_window(small, 4e-3)))
+    (root / "l-lr.json").write_text(json.dumps({"lr": 2e-3, "edge": "low", "mean_end_bpb_id": {"0.002": 1.9, "0.004": None}}))
+    (root / "l-window.json").write_text(json.dumps(_window(large, 2e-3)))
+    t = transfer(_window(small, 4e-3), _window(large, 2e-3))
+    (root / "transfer.json").write_text(json.dumps(t))
+    rep = dose_report(root, tmp_path / "out", md)
+    text = md.read_text()
+    # the small size's window with the largest gain: r = 1 (cost 0.005 <= 0.02, gain 0.03 >= 0.02)
+    assert t["window_small"] == [1.0, "trajectory", "follow"] and t["transfers"] is False
+    assert "The small size's best window r = 1 (trajectory, follow) **does not transfer**" in text
+    assert "lr* is at the grid's low edge" in text and "0.004: n/a" in text
+    assert text.count("| 0.3 | displacement | follow | 2 |") == 2  # both sizes' tables
+    assert "| 1 | trajectory | follow | 2 | +0.0050 | +0.0300 | yes | **yes** |" in text
+    assert rep["plot"] == "gamma_guide.png" and (tmp_path / "out" / "gamma_guide.png").stat().st_size > 0
+    assert "- **window**: engaged and cost <= window_id_bpb" in text
