@@ -194,3 +194,20 @@ def test_a_bad_group_inner_lr_set_later_is_named(value):
     with pytest.raises(ValueError, match=r"param_groups\[1\]\['inner_lr'\]: must be a finite "
                                          "number >= 0"):
         opt.step()
+
+
+@pytest.mark.parametrize("group, match", [
+    ({"params": [torch.nn.Parameter(torch.zeros(2, dtype=torch.complex64))]}, "is complex"),
+    ({"params": [torch.nn.Parameter(torch.zeros(2))], "inner_lr": float("nan")},
+     "inner_lr: must be a finite number >= 0"),
+])
+def test_a_bad_added_group_is_refused_before_the_outer_optimizer_has_it(group, match):
+    model, opt = _trained(torch.optim.AdamW)
+    for i in range(K + 1, 2 * K):  # to an outer step boundary
+        _micro(model, opt, i)
+    with pytest.raises(ValueError, match=match):
+        opt.add_param_group(group)
+    assert len(opt.outer.param_groups) == len(opt.param_groups) == 1
+    extra = torch.nn.Parameter(torch.ones(2))
+    opt.add_param_group({"params": (p for p in [extra])})  # any iterable, as in torch
+    assert "nexus_anchor" in opt.state[extra] and len(opt.param_groups) == 2

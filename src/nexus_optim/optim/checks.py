@@ -54,10 +54,19 @@ def build_outer(outer: Any, params: Any, lr: float, outer_kwargs: dict[str, Any]
     return built
 
 
-def check_params(params: list[Tensor]) -> None:
+def check_group(inner_lr: Any, outer_grad: str, params: Any) -> None:
+    """A parameter group's ``inner_lr`` and parameters (before it is added anywhere)."""
+    check_nonneg("inner_lr", inner_lr)
+    if outer_grad == "displacement" and inner_lr == 0:
+        raise ValueError("inner_lr: must be > 0 with outer_grad='displacement' "
+                         "(use outer_grad='trajectory' for inner_lr=0)")
+    check_params(params)
+
+
+def check_params(params: Any) -> None:
     """Real floating-point parameters only (the inner moves and norms are real)."""
     for p in params:
-        if p.is_complex():
+        if isinstance(p, Tensor) and p.is_complex():
             raise ValueError(f"params: a parameter of shape {tuple(p.shape)} is complex "
                              f"({p.dtype}); Nexus supports real floating-point parameters "
                              "(torch.view_as_real makes a real one)")

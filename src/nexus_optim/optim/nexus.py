@@ -120,8 +120,7 @@ class Nexus(Optimizer):
         self._initializing = False
         self.param_groups = self.outer.param_groups  # same list, same dicts
         self.state = nexus_state.NexusState(self.loop, self._counters)  # type: ignore[assignment]
-        # first post hook, so that later ones (users') see plain dicts, as before
-        self.register_state_dict_post_hook(self._pack_state_dict)
+        self.register_state_dict_post_hook(self._pack_state_dict)  # first: users' see dicts
         for group in self.param_groups:
             self._init_group(group)
         self._reindex()
@@ -164,12 +163,8 @@ class Nexus(Optimizer):
     # ----------------------------------------------------------------- groups/state
     def _init_group(self, group: dict[str, Any]) -> None:
         group.setdefault("inner_lr", self.defaults["inner_lr"])
-        checks.check_nonneg("inner_lr", group["inner_lr"])
-        if self.outer_grad == "displacement" and group["inner_lr"] == 0:
-            raise ValueError("inner_lr: must be > 0 with outer_grad='displacement' "
-                             "(use outer_grad='trajectory' for inner_lr=0)")
+        checks.check_group(group["inner_lr"], self.outer_grad, group["params"])
         group.setdefault("initial_lr", group["lr"])
-        checks.check_params(group["params"])
         for p in group["params"]:
             state = self.state[p]
             dtype = state_dtype(p)
@@ -195,6 +190,11 @@ class Nexus(Optimizer):
         if self.loop.inner_step != 0:
             raise RuntimeError("add_param_group: only allowed at an outer step boundary "
                                f"(inner_step is {self.loop.inner_step}, not 0)")
+        params = param_group["params"]  # checked before the outer optimizer has it
+        if not isinstance(params, (Tensor, set)):  # torch's add_param_group lists it too
+            param_group["params"] = params = list(params)
+        checks.check_group(param_group.get("inner_lr", self.defaults["inner_lr"]),
+                           self.outer_grad, [params] if isinstance(params, Tensor) else params)
         self.outer.add_param_group(param_group)
         self._init_group(self.param_groups[-1])
         self._reindex()
