@@ -194,3 +194,29 @@ def test_load_rejects_mismatched_configuration():
         Nexus(_model().parameters(), inner_steps=3).load_state_dict(sd)
     with pytest.raises(ValueError, match="not a Nexus state dict"):
         Nexus(_model().parameters()).load_state_dict(torch.optim.AdamW(_model().parameters()).state_dict())
+
+
+def test_the_host_check_walks_frames_once_per_outer_step():
+    """guards.check_host (a walk over caller frames) runs at the first micro-batch of
+    each outer step, not at every step() (issue 22)."""
+    import sys
+
+    from nexus_optim.optim import guards
+
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = Nexus([p], lr=0.1, inner_lr=0.1, inner_steps=3)
+    calls = []
+
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code is guards.check_host.__code__:
+            calls.append(opt.inner_step)
+
+    sys.setprofile(profile)
+    try:
+        for _ in range(6):
+            (p * p).sum().backward()
+            opt.step()
+            opt.zero_grad()
+    finally:
+        sys.setprofile(None)
+    assert calls == [0, 0] and opt.outer_steps == 2
