@@ -94,6 +94,8 @@ def test_a_symlink_out_of_the_data_dir_is_refused(tmp_path):
     ({"val_tokens": {"s": "100"}}, "val_tokens['s']"),
     ({"eos_id": 300}, "eos_id: 300 is not below vocab_size 300"),
     ({"vocab_size": -5}, "vocab_size"),
+    ({"weights": {"s": float("nan")}}, "weights['s']: expected a finite number >= 0, got nan"),
+    ({"roles": {"s": 5}}, "roles['s']: expected 'train' or 'ood', got 5"),
     ({"shards": {"s": {"test": "x.bin"}}}, "shards['s']['test']"),
     ({"shards": {"s": {"val": 5}}}, "shards['s']['val']"),
     ({"shards": ["x"]}, "shards"),

@@ -285,6 +285,16 @@ except PermissionError:
 hook.__code__ = (lambda event, args: None).__code__
 spawn(MARKER)
 ''',
+    "delete-defaults": '''
+import gc
+hook = [o for o in gc.get_objects() if getattr(o, "__name__", None) == "_sandbox_hook"][0]
+try:
+    hook.__defaults__ = None  # = deleting them: every later event would fail (closed, but broken)
+except PermissionError:
+    print("set to None refused")
+del hook.__defaults__
+spawn(MARKER)
+''',
     "str-subclass": '''
 class S(str):
     def __str__(self):
@@ -339,6 +349,7 @@ def test_the_hook_cannot_be_switched_off_from_inside(attack, name, layers, tmp_p
     if name == "hook":  # the hook itself refused the step that would have switched it off
         expected = {"defaults": "replacing a function's __defaults__ refused",
                     "kwdefaults-and-code": "replacing a function's __code__ refused",
+                    "delete-defaults": "replacing a function's __defaults__ refused",
                     "str-subclass": "import of '_posixsubprocess' refused",
                     "trace": "sys.settrace refused",
                     "extension-loader": "loading extension module '_posixsubprocess' refused",
@@ -346,6 +357,8 @@ def test_the_hook_cannot_be_switched_off_from_inside(attack, name, layers, tmp_p
         assert expected in r.stderr, r.stderr[-800:]
         if attack == "kwdefaults-and-code":
             assert "kwdefaults refused" in r.stdout
+        if attack == "delete-defaults":
+            assert "set to None refused" in r.stdout
 
 
 def test_preloaded_extension_modules_import_and_others_fall_back():

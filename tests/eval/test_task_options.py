@@ -23,8 +23,9 @@ from nexus_optim.eval.tasks import OPTIONS, TaskContext, check_options, run_task
     (["--task-option", "mc.sources=prose"], "--task-option mc.sources: expected a list of source names, got 'prose'"),
     (["--task-option", "gms.fewshot=3"], "--task-option gms.*: unknown task 'gms'; known: gsm, arith, mc, code"),
     (["--task-option", "code.timeout={a: &a [*a]}"], "invalid YAML: recursive alias"),
-    (["--limit", "-5"], "--limit: must be a positive integer (items per task), got -5"),
-    (["--limit", "0"], "--limit: must be a positive integer (items per task), got 0"),
+    (["--limit", "-5"], "--limit: must be a positive integer (items per task) <= 1000000, got -5"),
+    (["--limit", "1000000000000"], "--limit: must be a positive integer (items per task) <= 1000000, got 1000000000000"),
+    (["--limit", "0"], "--limit: must be a positive integer (items per task) <= 1000000, got 0"),
 ])
 def test_bad_task_options_and_limit_are_one_line_before_loading(args, message, tmp_path, capsys):
     missing = tmp_path / "no-such-run"  # never opened: the options are refused first

@@ -94,6 +94,16 @@ def test_depth_recursion_and_size_limits(tmp_path):
     assert parse_yaml("x: &a {w: 1}\ny: [*a, *a]\n", "f") == {"x": {"w": 1}, "y": [{"w": 1}, {"w": 1}]}
 
 
+def test_a_config_that_is_not_a_regular_file_is_never_opened(tmp_path):
+    import os
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # opening it would block until a writer came
+    for p in (tmp_path, fifo, "/dev/zero"):
+        assert _one_line_error(load_config, p, fast=True) == f"--config: {str(p)!r} is not a regular file"
+    assert _one_line_error(load_config, tmp_path / "nope.yaml") == f"--config: no such file {str(tmp_path / 'nope.yaml')!r}"
+
+
 def test_python_tags_are_not_constructed():
     msg = _one_line_error(parse_yaml, "a: !!python/object/apply:os.system ['touch x']", "f")
     assert "could not determine a constructor" in msg

@@ -5,6 +5,7 @@ of the cache that hold no build logic."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -72,6 +73,12 @@ class PreparedData:
         for name in ("roles", "weights", "val_bytes", "val_tokens", "train_tokens", "checksums", "shard_sets"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{name}: expected a mapping, got {type(getattr(self, name)).__name__}")
+        for source, w in self.weights.items():
+            if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w) or w < 0:
+                raise ValueError(f"weights[{source!r}]: expected a finite number >= 0, got {w!r}")
+        for source, role in self.roles.items():
+            if role not in ("train", "ood"):
+                raise ValueError(f"roles[{source!r}]: expected 'train' or 'ood', got {role!r}")
         for name in ("val_bytes", "val_tokens", "train_tokens"):
             for source, n in getattr(self, name).items():
                 if not isinstance(n, int) or isinstance(n, bool) or n < 0:

@@ -486,8 +486,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     d: dict = {}
     if path is not None:
         p = Path(path)
-        if not p.is_file():
+        if not p.exists():
             raise ValueError(f"--config: no such file {str(p)!r}")
+        if not p.is_file():  # a directory, FIFO or device: never opened (a FIFO would block)
+            raise ValueError(f"--config: {str(p)!r} is not a regular file")
         d = read_yaml(p) or {}
         if not isinstance(d, dict):
             raise ValueError(f"--config: {str(p)!r} must hold a mapping of sections")

@@ -74,10 +74,15 @@ def check_options(options: dict) -> None:
                 raise ValueError(f"{where}: must be {low} and <= {hi}, got {value!r}")
 
 
+#: ``--limit`` above this is refused: tasks build their items up front (arith generates them,
+#: gsm draws templates), and a million greedy-decoded items per task is already days of work
+MAX_LIMIT = 1_000_000
+
+
 def check_limit(limit) -> None:
-    """``--limit``: None (each task's default) or a positive integer."""
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
-        raise ValueError(f"--limit: must be a positive integer (items per task), got {limit!r}")
+    """``--limit``: None (each task's default) or an integer in [1, MAX_LIMIT]."""
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIMIT):
+        raise ValueError(f"--limit: must be a positive integer (items per task) <= {MAX_LIMIT}, got {limit!r}")
 
 
 def parse_tasks(spec: str | Sequence[str]) -> list[str]:

@@ -300,7 +300,8 @@ def _sandbox_hook(event, args, _W=__W__, _readlink=os.readlink, _getcwd=os.getcw
         if not ((event.startswith("shutil.copy") or inside(src, sfd)) and inside(dst, dfd)):
             raise _Refused("sandbox: %s outside the working directory refused" % event)
         return
-    if event == "object.__setattr__" and text(args[1]) in ("__code__", "__defaults__", "__kwdefaults__"):
+    if (event == "object.__setattr__" or event == "object.__delattr__") and text(args[1]) in (
+            "__code__", "__defaults__", "__kwdefaults__"):
         raise _Refused("sandbox: replacing a function's %s refused" % text(args[1]))
 """
 
