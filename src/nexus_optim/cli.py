@@ -111,7 +111,9 @@ def cmd_geometry(args) -> int:
 
 def cmd_compare(args) -> int:
     from nexus_optim.report import compare_runs
+    from nexus_optim.train.rundir import refuse_run_files
 
+    refuse_run_files(args.out, "compare --out")  # never inside a run's checkpoints or onto its files
     report = compare_runs(args.runs, args.out, metric=args.metric, target_loss=args.target_loss,
                           baseline=args.baseline, allow_different_data=args.allow_different_data)
     print(f"wrote {os.path.join(args.out, 'report.md')}, report.json and "

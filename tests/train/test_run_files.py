@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -248,6 +249,9 @@ def test_a_torn_last_metrics_line_is_dropped_with_a_warning(tiny_config, tmp_pat
     with pytest.warns(RuntimeWarning, match="torn last line"):
         rc, err = cli("compare", out, tmp_path / "other", "--out", tmp_path / "cmp")
     assert rc == 0, err
+    # never into a run's checkpoints (refused before reading anything)
+    err = _one_line(*cli("compare", out, tmp_path / "other", "--out", out / "checkpoints"))
+    assert "inside the checkpoints" in err and not (out / "checkpoints" / "report.md").exists()
     with pytest.warns(RuntimeWarning, match="torn last line"):
         assert cli("train", "--config", path, "--resume")[0] == 0
     steps = [r["step"] for r in read_metrics(out) if "train/loss" in r]
@@ -266,7 +270,8 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("sig, code", [  # ~10-15 s each (a child process): SIGINT's is slow
+    pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow), (signal.SIGTERM, 143)])
 def test_a_signal_saves_a_checkpoint_and_resume_finishes(tiny_config, cli, config_file, sig, code):
     steps = 30  # the signal comes after step 1: it stops within a step or two
     cfg = tiny_config(**{"train.steps": steps, "train.ckpt_every": 0, "train.eval_every": 0,
@@ -396,4 +401,28 @@ def test_a_checkpoint_pruned_mid_read_is_read_again_from_the_newest(tiny_config,
     assert pruned == ["step_000001", "step_000002"] and state["checkpoint"].name == "step_000003"
     want = load_file(str(out / "checkpoints" / "step_000003" / "model.safetensors"))
     assert all(torch.equal(p, want[n]) for n, p in model.state_dict().items() if n in want)
+    trainer.release()
+
+
+def test_a_checkpoint_pruned_while_being_verified_is_not_called_damaged(tiny_config, monkeypatch):
+    cfg = from_dict(tiny_config(**{"train.steps": 3, "train.ckpt_every": 1, "train.eval_every": 0,
+                                   "train.keep_checkpoints": 1}))
+    trainer = Trainer(cfg)
+    trainer.run(until=1)
+    out = Path(cfg.train.out_dir)
+    real = ck.file_digest
+    pruned = []
+
+    def digest_then_prune(path):  # the checkpoint is pruned between two of its files
+        result = real(path)
+        if not pruned and Path(path).parent.name == "step_000001":
+            trainer.step += 1
+            pruned.append(trainer.save())
+        return result
+
+    monkeypatch.setattr(ck, "file_digest", digest_then_prune)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "damaged" warning for a pruned checkpoint
+        assert artifacts.resolve_checkpoint(out).name == "step_000002"
+    assert pruned and not (out / "checkpoints" / "step_000001").exists()
     trainer.release()

@@ -245,18 +245,22 @@ def verify_checkpoint(path: str | Path, need: Iterable[str] = RESUME_FILES,
         if name not in files:
             raise CheckpointError(f"checkpoint: {str(path / name)!r} is not listed in {MANIFEST}")
     checked = files if only is None else {n: files[n] for n in (*need, *only) if n in files}
-    for name, entry in checked.items():
-        f = path / name
-        if not f.is_file():
-            raise CheckpointError(f"checkpoint: {str(f)!r} is missing")
-        size = f.stat().st_size
-        if size != entry["size"]:
-            raise CheckpointError(f"checkpoint: {str(f)!r} has {size} bytes, {entry['size']} "
-                                  "were written (truncated or damaged)")
-    for name in (checked if digest is None else digest):
-        if name in checked and file_digest(path / name) != files[name]["sha256"]:
-            raise CheckpointError(f"checkpoint: {str(path / name)!r} does not match its "
-                                  f"SHA-256 in {MANIFEST} (damaged)")
+    try:  # a file can vanish between the checks (a pruned checkpoint): one line, never OSError
+        for name, entry in checked.items():
+            f = path / name
+            if not f.is_file():
+                raise CheckpointError(f"checkpoint: {str(f)!r} is missing")
+            size = f.stat().st_size
+            if size != entry["size"]:
+                raise CheckpointError(f"checkpoint: {str(f)!r} has {size} bytes, {entry['size']} "
+                                      "were written (truncated or damaged)")
+        for name in (checked if digest is None else digest):
+            if name in checked and file_digest(path / name) != files[name]["sha256"]:
+                raise CheckpointError(f"checkpoint: {str(path / name)!r} does not match its "
+                                      f"SHA-256 in {MANIFEST} (damaged)")
+    except OSError as e:
+        raise CheckpointError(f"checkpoint: cannot read {str(e.filename or path)!r} "
+                              f"({e.strerror or type(e).__name__})") from None
     return True
 
 
