@@ -204,7 +204,7 @@ def _parquet(path: str, field: str, on_bytes: Callable[[int], None] | None = Non
 def _arrow(path: str, field: str, on_bytes: Callable[[int], None] | None = None) -> Iterator[str]:
     """Documents of an Arrow IPC file (stream format, as ``datasets`` writes it, or file format)."""
     pa = _pyarrow(path)
-    source = pa.memory_map(str(path))
+    source = pa.OSFile(str(path))  # plain reads: a memory map would count the whole file in RSS
     try:
         try:
             reader = pa.ipc.open_stream(source)
