@@ -17,27 +17,6 @@ TINY_MODEL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 
               "num_key_value_heads": 2, "intermediate_size": 64}
 
 
-def prepared_from_arrays(root, arrays: dict, roles: dict, weights: dict, vocab_size: int,
-                         **fields):
-    """A ``PreparedData`` over token arrays: ``arrays[(source, split)]`` written to
-    ``root/<source>-<split>.bin`` (uint16); token counts filled in; ``fields`` are the
-    other ``PreparedData`` fields (tokenizer_path defaults to "")."""
-    import numpy as np
-
-    from nexus_optim.data.prepare import PreparedData
-
-    shards, val_tokens, train_tokens = {}, {}, {}
-    for (source, split), arr in arrays.items():
-        path = Path(root) / f"{source}-{split}.bin"
-        np.asarray(arr, np.uint16).tofile(path)
-        shards.setdefault(source, {})[split] = str(path)
-        (val_tokens if split == "val" else train_tokens)[source] = len(arr)
-    fields.setdefault("tokenizer_path", "")
-    return PreparedData(shards=shards, roles=roles, weights=weights, vocab_size=vocab_size,
-                        dtype="uint16", val_tokens=val_tokens, train_tokens=train_tokens,
-                        **fields)
-
-
 def write_tiny_corpora(root) -> dict[str, str]:
     """Three small deterministic text files: prose and math (train), code (ood)."""
     rng = random.Random(0)

@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from conftest import prepared_from_arrays
+from token_arrays import prepared_from_arrays
 from nexus_optim.eval.ngram import (eval_pairs, fit_ngram, ney_discount, ngram_nll, ngram_reference,
                                     pair_counts)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from conftest import prepared_from_arrays
+from token_arrays import prepared_from_arrays
 from nexus_optim.eval.ngram import ngram_reference
 from nexus_optim.report import compare_runs
 from nexus_optim.report.paired import holm, min_detectable_difference
