@@ -376,3 +376,33 @@ def test_huge_inner_lr_warns_and_a_normal_one_does_not():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _opt(_model(), inner_lr=0.1)
+
+
+# ------------------------------------------------------------------- loop state
+def test_loop_state_round_trips_through_the_per_parameter_counters():
+    """LoopState -> one int64 vector per parameter (DCP's shape) -> LoopState."""
+    from nexus_optim.optim.loop_state import RESERVED, LoopState, Settings
+
+    settings = Settings(inner_steps=4, inner_norm="random", outer_grad="displacement")
+    gen = torch.Generator().manual_seed(5)
+    loop = LoopState(outer_steps=7, inner_step=2, last_step_was_outer=False, skipped_before=3,
+                     finite=torch.tensor(1), touched={(True, False, True)}, generator=gen)
+    counters = loop.to_counters(settings, 3)
+    assert [int(c[-1]) for c in counters] == [1, 0, 1] and int(counters[0][RESERVED]) == 0
+    LoopState.check_counters(counters[0], settings)
+    back = LoopState(generator=torch.Generator().manual_seed(9))
+    back.load_counters(counters, torch.device("cpu"), gen.get_state())
+    assert (back.outer_steps, back.inner_step, back.skipped_before, int(back.finite)) == (7, 2, 3, 1)
+    assert back.touched == {(True, False, True)} and back.skipped() == 4
+    assert torch.equal(back.generator.get_state(), gen.get_state())
+    for other, match in ((Settings(3, "random", "displacement"), "inner_steps: checkpoint has 4"),
+                         (Settings(4, "global", "displacement"), "inner_norm: checkpoint has 'random'"),
+                         (Settings(4, "random", "trajectory"), "outer_grad: checkpoint has")):
+        with pytest.raises(ValueError, match=match):
+            LoopState.check_counters(counters[0], other)
+    bad = counters[0].clone()
+    bad[2] = 99  # no such inner_norm
+    with pytest.raises(ValueError, match="inner_norm: checkpoint has 99"):
+        LoopState.check_counters(bad, settings)
+    with pytest.raises(ValueError, match="Nexus state version"):
+        LoopState.check_counters(counters[0][:5], settings)
