@@ -186,9 +186,9 @@ PRELOADED_EXTENSIONS = (
     "math", "cmath", "_heapq", "_bisect", "_random", "_json", "_datetime", "_decimal", "array",
     "_struct", "binascii", "_statistics", "_contextvars", "_csv", "_pickle", "zlib", "unicodedata",
     "_opcode", "_queue", "_md5", "_sha1", "_sha256", "_sha512", "_sha3", "_blake2", "_typing",
-    "_zoneinfo", "_bz2", "_lzma", "_multibytecodec", "_asyncio", "_socket", "select", "fcntl",
-    "_posixshmem", "_elementtree", "pyexpat", "_uuid", "grp", "termios", "mmap",
-)
+    "_zoneinfo", "_bz2", "_lzma", "_multibytecodec", "_asyncio", "_socket", "select",
+    "_elementtree", "pyexpat", "_uuid", "grp",
+)  # not fcntl / termios / mmap / _posixshmem: nothing a code task needs, more surface
 
 # Indented one level (inside ``if CFG["hook"]:``); ``__W__`` is replaced by the private dir.
 # Every decision uses only constants in this code, the defaults (C builtins, immutable values)
