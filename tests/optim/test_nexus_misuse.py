@@ -211,3 +211,13 @@ def test_a_bad_added_group_is_refused_before_the_outer_optimizer_has_it(group, m
     extra = torch.nn.Parameter(torch.ones(2))
     opt.add_param_group({"params": (p for p in [extra])})  # any iterable, as in torch
     assert "nexus_anchor" in opt.state[extra] and len(opt.param_groups) == 2
+
+
+def test_state_reads_through_after_the_outer_optimizer_loads_by_itself():
+    """``opt.outer.load_state_dict`` replaces the outer ``state`` dict; ``opt.state`` sees
+    the new one (it reads through the outer optimizer, not a saved reference)."""
+    _, other = _trained(torch.optim.AdamW)
+    model, opt = _trained(torch.optim.AdamW)
+    opt.outer.load_state_dict(copy.deepcopy(other.outer.state_dict()))
+    p = next(model.parameters())
+    assert opt.state[p]["exp_avg"] is opt.outer.state[p]["exp_avg"]

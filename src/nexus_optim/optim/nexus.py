@@ -119,7 +119,7 @@ class Nexus(Optimizer):
         super().__init__(self.outer.param_groups, defaults)
         self._initializing = False
         self.param_groups = self.outer.param_groups  # same list, same dicts
-        self.state = nexus_state.NexusState(self.loop, self._counters)  # type: ignore[assignment]
+        self.state = nexus_state.NexusState(self.loop, self._counters, self.outer)  # type: ignore
         self.register_state_dict_post_hook(self._pack_state_dict)  # first: users' see dicts
         for group in self.param_groups:
             self._init_group(group)
@@ -177,7 +177,7 @@ class Nexus(Optimizer):
 
     def _reindex(self) -> None:
         self._params = [p for g in self.param_groups for p in g["params"]]
-        self.state.reindex(self._params, self.outer.state)
+        self.state.reindex(self._params)
         self._plans = {}
         self._anchors = dist_ops.to_local(self._state_list(self._params, "nexus_anchor"))
         self._local_params = dist_ops.to_local(self._params)

@@ -87,18 +87,23 @@ class NexusState(Mapping):
     are created eagerly, so DCP's ``_init_optim_state`` does not step it).
 
     ``loop``: the optimizer's loop state; ``counters()``: its per-parameter counters
-    (``LoopState.to_counters`` with the optimizer's settings); ``reindex`` is called
-    whenever the parameters or the outer optimizer's ``state`` dict change."""
+    (``LoopState.to_counters`` with the optimizer's settings); ``outer_optimizer``: the
+    outer optimizer, whose ``state`` is read through (its ``load_state_dict`` replaces
+    that dict); ``reindex`` is called whenever the parameters change."""
 
-    def __init__(self, loop: LoopState, counters: Callable[[], list[Tensor]]) -> None:
-        self.loop, self.counters = loop, counters
+    def __init__(self, loop: LoopState, counters: Callable[[], list[Tensor]],
+                 outer_optimizer: torch.optim.Optimizer) -> None:
+        self.loop, self.counters, self.outer_optimizer = loop, counters, outer_optimizer
         self.own: dict[Tensor, dict[str, Tensor]] = {}
-        self.outer: dict = {}
         self.params: list[Tensor] = []
         self.index: dict[int, int] = {}
 
-    def reindex(self, params: list[Tensor], outer_state: dict) -> None:
-        self.params, self.outer = params, outer_state
+    @property
+    def outer(self) -> dict:
+        return self.outer_optimizer.state
+
+    def reindex(self, params: list[Tensor]) -> None:
+        self.params = params
         self.index = {id(p): i for i, p in enumerate(params)}
 
     def derived(self, p: Tensor, key: str) -> Tensor:
