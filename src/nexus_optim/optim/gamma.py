@@ -11,7 +11,7 @@ keeps its sign), so its length is at most
 which is lr * sqrt(#params) with one lr. Expressing gamma = r * S makes r the inner move's
 length relative to that outer step; docs/algorithm.md ("A scale-free gamma") derives why r,
 not gamma, is what should transfer across sizes, and what it leaves out (the realized
-AdamW step is rho * S with rho <= 1 the RMS of m / sqrt(v), measured, not assumed).
+AdamW step is rho * S with rho <= 1 the RMS of m / sqrt(v), which S does not include).
 
     update_scale(params, lr)                         S
     inner_lr_from_relative(r, params, lr, inner_norm)   the absolute ``inner_lr`` for Nexus
