@@ -26,9 +26,10 @@ resume-or-start); a resumed run must keep its optimizer, model, data (the checks
 its prepared shards and tokenizer) and tokens per step. Every top-level entry the run
 creates is recorded in its manifest first (``rundir.record_created``).
 
-Stops: SIGINT (Ctrl-C) or SIGTERM during ``run()`` lets the current outer step finish,
-saves a checkpoint there and raises `TrainingStopped` (exit code 130 / 143, one line
-saying how to resume); a second signal stops at once. A full disk (ENOSPC / EDQUOT,
+Stops: SIGINT (Ctrl-C) or SIGTERM during ``run()`` of a single-process run lets the
+current outer step finish, saves a checkpoint there and raises `TrainingStopped` (exit code
+130 / 143, one line saying how to resume); a second signal stops at once. Under torchrun
+the ranks stop at once (a checkpoint needs every rank; resume from the last periodic one). A full disk (ENOSPC / EDQUOT,
 from any write: checkpoint, metrics, TensorBoard, export) raises `TrainingStopped` (exit
 code 1) naming the path and the checkpoint a resume continues from.
 """
@@ -369,9 +370,11 @@ class Trainer:
     def _catch_stop_signals(self) -> dict:
         """SIGINT / SIGTERM set a flag read at the end of each outer step (`_stop_requested`);
         the previous handlers come back at once, so a second signal stops immediately.
-        Only in the main thread (Python delivers signals there)."""
+        Only in the main thread (Python delivers signals there), and only on one process:
+        under torchrun the agent's SIGTERM usually means a peer died, and a checkpoint needs
+        every rank (it would hang in a collective), so the ranks stop at once as before."""
         self._stop_signal = None
-        if threading.current_thread() is not threading.main_thread():
+        if threading.current_thread() is not threading.main_thread() or self.dist.enabled:
             return {}
         previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
 
@@ -379,21 +382,17 @@ class Trainer:
             self._stop_signal = signum
             for sig, h in previous.items():
                 signal.signal(sig, h)
-            if self.dist.is_main:
-                print(f"nexus train: {signal.Signals(signum).name} received: stopping after this "
-                      f"outer step and saving a checkpoint (send it again to stop at once, "
-                      f"without saving)", file=sys.stderr, flush=True)
+            print(f"nexus train: {signal.Signals(signum).name} received: stopping after this "
+                  f"outer step and saving a checkpoint (send it again to stop at once, "
+                  f"without saving)", file=sys.stderr, flush=True)
 
         for sig in STOP_SIGNALS:
             signal.signal(sig, handler)
         return previous
 
     def _stop_requested(self) -> int | None:
-        """The signal that asked this run (any rank) to stop, agreed by every rank."""
-        mine = int(self._stop_signal or 0)
-        if self.dist.enabled and self.dist.mean(float(mine > 0), self.device) > 0:
-            return mine or int(signal.SIGTERM)  # one number per step: all ranks stop together
-        return mine or None
+        """The signal that asked this (single-process) run to stop, if any."""
+        return self._stop_signal
 
     def _stop(self, signum: int) -> TrainingStopped:
         """Save a checkpoint at this outer step (unless just saved) and say how to resume."""
