@@ -48,3 +48,39 @@ def test_the_guide_states_the_answer_and_every_setting(tmp_path):
     assert "| 1 | trajectory | follow | 2 | +0.0050 | +0.0300 | yes | **yes** |" in text
     assert rep["plot"] == "gamma_guide.png" and (tmp_path / "out" / "gamma_guide.png").stat().st_size > 0
     assert "- **window**: engaged and cost <= window_id_bpb" in text
+
+
+def _summary(root, name, phase, arm, seed, setting, curve, gaps=None):
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text("train: {seed: %d}\n" % seed)
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in curve))
+    (d / "run.json").write_text(json.dumps({"name": name, "phase": phase, "arm": arm, "seed": seed, "setting": setting}))
+    (d / "prepared.json").write_text(json.dumps({"roles": {"a": "train", "b": "train", "o": "ood"}}))
+    if gaps:
+        for f, g in zip(("geometry.json", "geometry_retest.json"), gaps):
+            (d / f).write_text(json.dumps({"closeness": {"cross_loss_gap": g}}))
+
+
+def test_the_guide_reads_closeness_test_retest_and_the_source_spread_at_matched_mean(tmp_path):
+    import numpy as np
+
+    from nexus_optim.report.study import closeness_retest, source_spread
+
+    root = tmp_path / "runs"
+    def curve(spread):  # val/id 3.0 -> 2.0 over 10 evals; sources a, b at val/id -+ spread
+        return [{"step": s, "tokens": 10 * s, "val/id": 3.0 - 0.1 * s, "val/a": 3.0 - 0.1 * s - spread,
+                 "val/b": 3.0 - 0.1 * s + spread} for s in range(1, 11)]
+    gaps = [(0.60, 0.61), (0.70, 0.69), (0.65, 0.66), (0.80, 0.78)]
+    _summary(root, "s-adamw/adamw_lr0.004_s0", "s-adamw", "adamw", 0, {"size": "s", "lr": 4e-3}, curve(0.1), gaps[0])
+    _summary(root, "s-adamw/adamw_lr0.002_s0", "s-adamw", "adamw", 0, {"size": "s", "lr": 2e-3}, curve(0.3), gaps[1])
+    _summary(root, "s-nexus/n1_s0", "s-nexus", "nexus", 0, {"size": "s", "lr": 4e-3, "r": 1.0}, curve(0.05), gaps[2])
+    _summary(root, "s-nexus/n2_s1", "s-nexus", "nexus", 1, {"size": "s", "lr": 4e-3, "r": 1.0}, curve(0.05))
+    rt = closeness_retest(root)
+    x, y = np.array(gaps[:3]).T
+    assert rt["n"] == 3 and rt["r"] == np.corrcoef(x, y)[0, 1]
+    sp = source_spread(root, {"s-lr.json": {"lr": 4e-3}}, ["s", "l"])
+    # std of (val/id - d, val/id + d) with ddof 1 = d sqrt(2); seed 1 has no AdamW(lr*) run: left out
+    want = {"s-adamw/adamw_lr0.004_s0": 0.1, "s-adamw/adamw_lr0.002_s0": 0.3, "s-nexus/n1_s0": 0.05}
+    assert set(sp) == set(want) and all(abs(sp[k] - d * 2 ** 0.5) < 1e-12 for k, d in want.items())
+    assert "s-nexus/n2_s1" not in sp

@@ -474,6 +474,46 @@ def study_report(summaries: str | Path, out: str | Path, markdown: str | Path | 
 
 
 # ------------------------------------------------------------------ the dose study
+def closeness_retest(root: Path) -> dict | None:
+    """Test-retest reliability of the closeness measure: over the runs with both fine-tune seeds
+    (``geometry.json`` and ``geometry_retest.json``), the Pearson r of cross_loss_gap between the
+    two, and the sd of their difference (None with fewer than 3 runs)."""
+    pairs = []
+    for g in sorted(root.glob("*/*/geometry_retest.json")):
+        a = closeness_numbers(json.loads((g.parent / "geometry.json").read_text())) if (g.parent / "geometry.json").exists() else {}
+        b = closeness_numbers(json.loads(g.read_text()))
+        if PRIMARY_CLOSENESS in a and PRIMARY_CLOSENESS in b:
+            pairs.append((a[PRIMARY_CLOSENESS], b[PRIMARY_CLOSENESS]))
+    if len(pairs) < 3:
+        return {"n": len(pairs), "r": None}
+    x, y = np.array(pairs).T
+    return {"n": len(pairs), "r": float(np.corrcoef(x, y)[0, 1]), "sd_diff": float(np.std(x - y, ddof=1)),
+            "sd_between_runs": float(np.std(x, ddof=1))}
+
+
+def source_spread(root: Path, dec: dict, labels: list[str]) -> dict[str, float]:
+    """Per run: the std over the train sources of val/<source> where the run's val/id crosses
+    its size's AdamW(lr*) (same seed) val/id at 80% of training (per-source losses at matched
+    mean); runs that never reach it are left out."""
+    out, runs = {}, None
+    for size in labels:
+        lr = (dec.get(f"{size}-lr.json") or {}).get("lr")
+        if lr is None:
+            continue
+        runs = runs if runs is not None else load_summaries(root)
+        base = {r.seed: levels_at(r.run.curve, [0.8]) for r in runs if r.phase == f"{size}-adamw"
+                and r.setting.get("lr") == lr}
+        for r in runs:
+            if not r.phase.startswith(f"{size}-") or not base.get(r.seed):
+                continue
+            roles = (r.run.prepared or {}).get("roles") or {}
+            hit = crossing(r.run.curve, "val/id", base[r.seed][0])
+            vals = [hit[f"val/{s_}"] for s_, role in roles.items() if role == "train" and hit and is_num(hit.get(f"val/{s_}"))]
+            if len(vals) >= 2:
+                out[r.name] = float(np.std(vals, ddof=1))
+    return out
+
+
 def dose_report(summaries: str | Path, out: str | Path, markdown: str | Path | None = None) -> dict:
     """The gamma guide (``study_render.render_gamma_guide``) and its figure
     (``study_plots.gamma_guide_plot``) from the dose study's design.json and decision files."""
@@ -488,7 +528,8 @@ def dose_report(summaries: str | Path, out: str | Path, markdown: str | Path | N
     out.mkdir(parents=True, exist_ok=True)
     windows = {x: dec[f"{x}-window.json"] for x in labels if f"{x}-window.json" in dec}
     report = {"design": design, "decisions": dec, "n_runs": len(list(root.glob("*/*/run.json"))),
-              "plot": gamma_guide_plot(windows, design, out)}
+              "plot": gamma_guide_plot(windows, design, out), "retest": closeness_retest(root),
+              "spread": source_spread(root, dec, labels)}
     md = Path(markdown) if markdown else out / "gamma-guide.md"
     report["paths"] = {"json": str(out / "dose.json"), "markdown": str(md)}
     write_json(out / "dose.json", report, indent=1, default=str)

@@ -381,6 +381,16 @@ def render_gamma_guide(report: dict, out: Path, md_path: Path) -> str:
                       + (f"; lr* is at the grid's {lr['edge']} edge" if lr.get("edge") else "") + ").", ""]
         if win:
             lines += _window_table(win) + [""]
+    rt = report.get("retest") or {}
+    lines += ["## Mechanism read-outs", "",
+              "- Closeness test-retest (cross_loss_gap with fine-tune seeds 0 and 1, small-size seed-0 runs): "
+              + (f"Pearson r = {rt['r']:.2f} over {rt['n']} runs (sd of the seed-to-seed difference "
+                 f"{rt['sd_diff']:.4f} against {rt['sd_between_runs']:.4f} between runs)." if rt.get("r") is not None
+                 else f"not yet ({rt.get('n', 0)} runs with both seeds; 3 needed)."),
+              "- Spread of per-source losses at matched mean (std over the train sources of val/<source> where "
+              "val/id crosses the same seed's AdamW(lr*) at 80% of training, nats/token):"
+              + (" " + "; ".join(f"{k} {v:.4f}" for k, v in sorted(report["spread"].items()))
+                 if report.get("spread") else " not yet (needs a size's lr*)."), ""]
     lines += ["## Rules (declared in `design.json` before any run)", "",
               *[f"- **{k}**: {v}" for k, v in d["rules"].items()], ""]
     return "\n".join(lines)
