@@ -377,6 +377,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"nexus {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # a full disk (eval --out, export, compare, ...): one line
+        from nexus_optim.runtime import is_disk_full
+
+        if not is_disk_full(e) or os.environ.get("NEXUS_DEBUG"):
+            raise
+        where = f" writing {e.filename}" if e.filename else ""
+        print(f"nexus {args.command}: error: the disk is full (No space left on device){where}; "
+              "free space and run the command again",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -426,3 +426,29 @@ def test_a_checkpoint_pruned_while_being_verified_is_not_called_damaged(tiny_con
         assert artifacts.resolve_checkpoint(out).name == "step_000002"
     assert pruned and not (out / "checkpoints" / "step_000001").exists()
     trainer.release()
+
+
+def test_a_full_disk_outside_training_is_one_line_and_leaves_nothing_partial(tiny_config, tmp_path,
+                                                                            cli, config_file,
+                                                                            monkeypatch):
+    from transformers import PreTrainedModel
+
+    cfg = tiny_config(**{**SHORT, "train.ckpt_every": 1})
+    assert cli("train", "--config", config_file(cfg))[0] == 0
+    out = Path(cfg["train"]["out_dir"])
+    exp = tmp_path / "exp"
+    assert cli("export", out, exp)[0] == 0
+    before = _tree(exp)
+
+    def save_pretrained(self, where, *a, **k):  # half a file, then the disk is full
+        Path(where, "model.safetensors").write_bytes(b"\0" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", save_pretrained)
+    for target in (tmp_path / "new", exp):
+        err = _one_line(*cli("export", out, target), code=1)
+        assert "disk is full" in err, err
+    assert not (tmp_path / "new").exists() and _tree(exp) == before  # the old export is intact
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    err = _one_line(*cli("eval", out, "--max-tokens", "64", "--out", tmp_path))
+    assert "is a directory" in err, err

@@ -53,6 +53,9 @@ def check_result_path(path: str | Path) -> None:
     """``nexus eval --out``: refuse (one line, before evaluating) a path inside a run's
     checkpoints or one of a run's own files (`train.rundir.refuse_run_files`)."""
     refuse_run_files(path, "eval --out")
+    if Path(path).is_dir():
+        raise ValueError(f"eval --out: {str(path)!r} is a directory; give a file name (e.g. "
+                         f"{str(Path(path) / 'eval.json')!r})")
 
 
 def write_result(path: str | Path, result: dict) -> Path:

@@ -56,7 +56,7 @@ def read_metrics(path: str | Path) -> list[dict]:
     """All records of a ``metrics.jsonl`` (or of ``RUN_DIR/metrics.jsonl``); a torn last
     line is dropped with a warning (module docstring)."""
     p = Path(path)
-    if p.is_dir():
+    if p.is_dir() and p.name != "metrics.jsonl":  # a run dir (a metrics.jsonl dir: an error below)
         p = p / "metrics.jsonl"
     try:
         text = p.read_text(encoding="utf-8", errors="replace")
