@@ -126,9 +126,23 @@ def _child_prepare(cfg: dict) -> dict:
 
     from nexus_optim.data import DataConfig, prepare_data
 
-    t = time.perf_counter()
+    import threading
+
+    samples: list[tuple[float, int]] = []  # (s, RSS MiB) every 0.5 s: where the peak is
+    stop = threading.Event()
+
+    def watch():
+        while not stop.wait(0.5):
+            with open("/proc/self/status") as f:
+                rss = next((int(x.split()[1]) // 1024 for x in f if x.startswith("VmRSS")), 0)
+            samples.append((round(time.perf_counter() - t, 1), rss))
+
+    t, start = time.perf_counter(), time.time()
+    if os.path.exists("/proc/self/status"):
+        threading.Thread(target=watch, daemon=True).start()
     data = prepare_data(DataConfig.from_dict(cfg), progress=False)
     wall = time.perf_counter() - t
+    stop.set()
     meta = {}
     for d in Path(cfg["data_dir"], "docs").iterdir():
         m = json.loads((d / "meta.json").read_text())
@@ -137,7 +151,9 @@ def _child_prepare(cfg: dict) -> dict:
     tokens = sum(data.train_tokens.values()) + sum(data.val_tokens.values())
     return {"wall_s": wall, "text_mb": text_bytes / 1e6, "tokens": tokens,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "docs": {s: m["docs"] for s, m in meta.items()}}
+            "docs": {s: m["docs"] for s, m in meta.items()}, "rss_samples": samples[::max(1, len(samples) // 60)],
+            "stage_done_s": {s: round(Path(cfg["data_dir"], "docs", d.name, "meta.json").stat().st_mtime - start, 1)
+                             for d in Path(cfg["data_dir"], "docs").iterdir() for s in [d.name.split("-")[0]]}}
 
 
 def _child_limit(cfg: dict, limit_mb: float) -> dict:

@@ -177,13 +177,13 @@ def _parquet(path: str, field: str, on_bytes: Callable[[int], None] | None = Non
     """Documents of a Parquet file, one per non-null row, read in record batches."""
     pa = _pyarrow(path)
     try:
-        pf = pa.parquet.ParquetFile(path)
+        pf = pa.parquet.ParquetFile(path, pre_buffer=False)  # one row group at a time
     except Exception as e:  # ArrowInvalid etc.: not a parquet file
         raise ValueError(f"{path}: not a readable Parquet file ({_first_line(e)})") from None
     _check_column(pa, path, pf.schema_arrow, field)
     rows, size, done = max(pf.metadata.num_rows, 1), Path(path).stat().st_size, 0
     seen = 0
-    it = pf.iter_batches(batch_size=READ_ROWS, columns=[field])
+    it = pf.iter_batches(batch_size=READ_ROWS, columns=[field], use_threads=False)
     while True:
         try:
             batch = next(it)
