@@ -44,15 +44,11 @@ def cmd_data(args) -> int:
 
 def cmd_train(args) -> int:
     from nexus_optim.train.config import load_config
-    from nexus_optim.train.loop import TrainingStopped, train
+    from nexus_optim.train.loop import train
 
     cfg = load_config(args.config, args.overrides)
     resume = "or-start" if args.resume_or_start else args.resume
-    try:
-        result = train(cfg, resume=resume, overwrite=args.overwrite)
-    except TrainingStopped as e:  # a signal or a full disk: one line saying how to resume
-        print(f"nexus train: {e}", file=sys.stderr)
-        return e.exit_code
+    result = train(cfg, resume=resume, overwrite=args.overwrite)  # stops: TrainingStopped (main)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -377,16 +373,28 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"nexus {args.command}: interrupted", file=sys.stderr)
         return 130
-    except OSError as e:  # a full disk (eval --out, export, compare, ...): one line
-        from nexus_optim.runtime import is_disk_full
-
-        if not is_disk_full(e) or os.environ.get("NEXUS_DEBUG"):
+    except Exception as e:  # a stopped training run or a full disk: one line; else a traceback
+        line, code = _stopped_or_disk_full(args.command, e)
+        if line is None or os.environ.get("NEXUS_DEBUG"):
             raise
+        print(line, file=sys.stderr)
+        return code
+
+
+def _stopped_or_disk_full(command: str, e: Exception) -> tuple[str | None, int]:
+    """(one line, exit code) for a training run stopped by a signal or a full disk
+    (``train.loop.TrainingStopped``: the line says how to resume; ``nexus train`` and
+    ``nexus demo``) or a full disk in any other command; (None, 0) for anything else."""
+    loop = sys.modules.get("nexus_optim.train.loop")
+    if loop is not None and isinstance(e, loop.TrainingStopped):
+        return f"nexus {command}: {e}", e.exit_code
+    from nexus_optim.runtime import is_disk_full
+
+    if isinstance(e, OSError) and is_disk_full(e):
         where = f" writing {e.filename}" if e.filename else ""
-        print(f"nexus {args.command}: error: the disk is full (No space left on device){where}; "
-              "free space and run the command again",
-              file=sys.stderr)
-        return 1
+        return (f"nexus {command}: error: the disk is full (No space left on device){where}; "
+                "free space and run the command again"), 1
+    return None, 0
 
 
 if __name__ == "__main__":

@@ -403,8 +403,8 @@ class Trainer:
         ckpt = self.out / "checkpoints" / f"step_{self.step:06d}"
         return TrainingStopped(
             f"stopped by {name} after step {self.step} of {self.cfg.train.steps}; saved "
-            f"checkpoint {str(ckpt)!r}; to continue, rerun the same nexus train command with "
-            f"--resume (train.out_dir {str(self.out)!r})", STOP_SIGNALS.get(signum, 1))
+            f"checkpoint {str(ckpt)!r}; to continue, rerun the same command (nexus train: with "
+            f"--resume; nexus demo/study resume by themselves) (train.out_dir {str(self.out)!r})", STOP_SIGNALS.get(signum, 1))
 
     def _disk_full(self, e: BaseException) -> TrainingStopped:
         where, cur = None, e
@@ -417,7 +417,7 @@ class Trainer:
         return TrainingStopped(
             f"the disk is full (No space left on device) writing "
             f"{str(where) if where else 'under ' + repr(str(self.out))}; free space on that file "
-            f"system and rerun the same nexus train command with --resume (it {then})", 1)
+            f"system and rerun the same command (nexus train: with --resume; it {then})", 1)
 
     def release(self) -> None:
         """Release the run-directory lock (rank 0); ``run()`` and ``close()`` do."""
