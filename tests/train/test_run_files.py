@@ -452,3 +452,21 @@ def test_a_full_disk_outside_training_is_one_line_and_leaves_nothing_partial(tin
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
     err = _one_line(*cli("eval", out, "--max-tokens", "64", "--out", tmp_path))
     assert "is a directory" in err, err
+
+
+def test_stop_handlers_are_scoped_to_the_run_and_respect_ignored_signals(tiny_config):
+    seen = []
+
+    def during(trainer):
+        seen.append((signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)))
+
+    term_before = signal.getsignal(signal.SIGTERM)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a background job of a script
+    try:
+        Trainer(from_dict(tiny_config(**SHORT)), callbacks=(during,)).run()
+        assert seen[0][0] == signal.SIG_IGN  # stays ignored (nohup, `cmd &` in a script)
+        assert callable(seen[0][1]) and seen[0][1] not in (signal.SIG_DFL, signal.SIG_IGN)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # restored after the run
+        assert signal.getsignal(signal.SIGTERM) == term_before
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -376,7 +376,8 @@ class Trainer:
         self._stop_signal = None
         if threading.current_thread() is not threading.main_thread() or self.dist.enabled:
             return {}
-        previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+        # a signal the caller ignores (nohup, a background job of a script) stays ignored
+        previous = {sig: h for sig in STOP_SIGNALS if (h := signal.getsignal(sig)) != signal.SIG_IGN}
 
         def handler(signum, _frame):
             self._stop_signal = signum
@@ -386,7 +387,7 @@ class Trainer:
                   f"outer step and saving a checkpoint (send it again to stop at once, "
                   f"without saving)", file=sys.stderr, flush=True)
 
-        for sig in STOP_SIGNALS:
+        for sig in previous:
             signal.signal(sig, handler)
         return previous
 
