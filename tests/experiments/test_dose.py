@@ -1,5 +1,5 @@
-"""The dose-response design (experiments/design.py DoseDesign, DOSE_RULES) and its
-orchestration (experiments/study.py DoseStudy): the rules on numbers given by the test, and
+"""The dose-response design (experiments/dose_design.py DoseDesign, DOSE_RULES) and its
+orchestration (experiments/dose.py DoseStudy): the rules on numbers given by the test, and
 the whole study end to end on a tiny design (real `nexus train` / `eval` / `geometry`
 subprocesses on a synthetic corpus): every phase, decision files written once, the absolute
 gamma of every Nexus run equal to r * lr * sqrt(#params), and a rerun that trains nothing."""
@@ -13,9 +13,10 @@ import random
 import pytest
 import yaml
 
-from nexus_optim.experiments.design import (DESIGNS, DoseDesign, DoseSize, dose_cost, dose_row, dose_select_lr,
-                                            large_settings, transfer)
-from nexus_optim.experiments.study import DoseStudy
+from nexus_optim.experiments.design import DESIGNS
+from nexus_optim.experiments.dose import DoseStudy
+from nexus_optim.experiments.dose_design import (DoseDesign, DoseSize, dose_cost, dose_row, dose_select_lr,
+                                                 large_settings, transfer)
 
 
 def test_the_declared_dose_design_meets_the_issue_and_fits_its_budget():

@@ -1,4 +1,4 @@
-"""The gamma guide (report/study.dose_report) from the dose study's decision files: the answer
+"""The gamma guide (report/dose.dose_report) from the dose study's decision files: the answer
 follows transfer.json, every setting's row is in the table, the figure is drawn, and a
 study that has not finished says so."""
 
@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 
-from nexus_optim.experiments.design import DoseDesign, transfer
-from nexus_optim.report.study import dose_report
+from nexus_optim.experiments.dose_design import DoseDesign, transfer
+from nexus_optim.report.dose import dose_report
 
 
 def _row(r, reading, schedule, cost, gain, d):
@@ -65,7 +65,7 @@ def _summary(root, name, phase, arm, seed, setting, curve, gaps=None):
 def test_the_guide_reads_closeness_test_retest_and_the_source_spread_at_matched_mean(tmp_path):
     import numpy as np
 
-    from nexus_optim.report.study import closeness_retest, source_spread
+    from nexus_optim.report.dose import closeness_retest, source_spread
 
     root = tmp_path / "runs"
     def curve(spread):  # val/id 3.0 -> 2.0 over 10 evals; sources a, b at val/id -+ spread

@@ -25,15 +25,15 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import stats
 
 from nexus_optim.eval.lines import line_excess
-from nexus_optim.report.paired import min_detectable_difference, paired_family, paired_test, seeds_needed
-from nexus_optim.report.runs import Run, is_num, load_run
+from nexus_optim.report.paired import paired_family
+from nexus_optim.report.runs import is_num, load_run
+from nexus_optim.report.study_runs import StudyRun, by_seed, mean_over_training, paired_by_seed, with_power
 from nexus_optim.report.tables import at_tokens, crossing
 from nexus_optim.runtime import one_line, write_json, write_text
 from nexus_optim.train.logging import read_metrics
@@ -41,20 +41,6 @@ from nexus_optim.train.logging import read_metrics
 CLOSENESS_KEYS = ("cross_loss_gap", "displacement_cos", "distance_over_path", "pair_barrier",
                   "pair_excess")
 PRIMARY_CLOSENESS = "cross_loss_gap"
-
-
-@dataclass
-class StudyRun:
-    name: str
-    phase: str
-    arm: str
-    seed: int
-    setting: dict
-    run: Run
-    final: dict  # full validation sets at the end ({"val/<source>", "val/id", "val/ood"})
-    closeness: dict  # CLOSENESS_KEYS -> number (those available)
-    endpoint: dict | None = None  # {"levels", "ood": [per level], "fraction", "value": mean | None}
-    declared: dict | None = None  # the same at the pilot levels for every run
 
 
 BPB_KEYS = ("bpb/id", "bpb/ood")  # the full-validation bits/byte kept beside every val/ loss
@@ -169,30 +155,6 @@ def load_summaries(root: str | Path) -> list[StudyRun]:
 
 
 # ------------------------------------------------------------------------ comparisons
-def by_seed(runs: list[StudyRun], arm: str, value) -> dict[int, float]:
-    """seed -> value(run) for the final runs of ``arm`` (runs without a value left out)."""
-    out = {}
-    for r in runs:
-        if r.phase == "final" and r.arm == arm:
-            v = value(r)
-            if is_num(v):
-                out[r.seed] = float(v)
-    return out
-
-
-def _with_power(res: dict, design: dict) -> dict:
-    """Adds the minimum detectable difference at the design's power (observed sd of the
-    per-seed differences, n seeds) and the seeds that power would need for the paper's effect."""
-    n, sd, alpha, power = res["n"], res["sd"], 1 - design["confidence"], design["power"]
-    ok = n >= 2 and sd > 1e-12  # rounding-level spread (identical values): no power statement
-    mde = min_detectable_difference(sd, n, alpha, power) if ok else None
-    try:
-        need = seeds_needed(sd, design["paper_ood_effect"], alpha, power) if ok else None
-    except ValueError:  # more than seeds_needed's cap
-        need = None
-    return {**res, "mde": mde, "paper_effect": design["paper_ood_effect"], "seeds_for_paper_effect": need}
-
-
 def primary(runs: list[StudyRun], design: dict) -> dict:
     """The declared family on the endpoint (Holm), with MDE; a comparison with < 2 paired
     seeds is reported as not testable."""
@@ -205,27 +167,18 @@ def primary(runs: list[StudyRun], design: dict) -> dict:
         if len(common) >= 2:
             pairs[name] = ({s: xa[s] for s in common}, {s: xb[s] for s in common})
     fam = paired_family(pairs, design["confidence"]) if pairs else {}
-    out = {name: ({**_with_power(fam[name], design), **counts[name]} if name in fam
+    out = {name: ({**with_power(fam[name], design), **counts[name]} if name in fam
                   else {"n": len(counts[name]["seeds"]), "note": "fewer than 2 paired seeds", **counts[name]})
            for name in design["family"]}
     for name, r in out.items():  # the same comparison in bits/byte (not a second test of the family)
         a, b = (s.strip() for s in name.split(" - "))
         if "diff" in r:
-            r["bpb"] = _paired(runs, a, b, lambda x: x.endpoint.get("value_bpb"), design)
+            r["bpb"] = paired_by_seed(runs, a, b, lambda x: x.endpoint.get("value_bpb"), design)
     return out
 
 
 def _missing(runs: list[StudyRun], arms) -> list[str]:
     return [r.name for r in runs if r.phase == "final" and r.arm in arms and r.endpoint["value"] is None]
-
-
-def _paired(runs, a, b, value, design) -> dict | None:
-    xa, xb = by_seed(runs, a, value), by_seed(runs, b, value)
-    common = sorted(set(xa) & set(xb))
-    if len(common) < 2:
-        return None
-    res = paired_test({s: xa[s] for s in common}, {s: xb[s] for s in common}, design["confidence"])
-    return _with_power({**res.to_dict(), "seeds": common}, design)
 
 
 def exploratory(runs: list[StudyRun], design: dict, arms: list[str]) -> dict:
@@ -249,95 +202,9 @@ def exploratory(runs: list[StudyRun], design: dict, arms: list[str]) -> dict:
         for m, fn in metrics.items():
             if m == "endpoint" and name in family:
                 continue  # the primary test
-            res = _paired(runs, a, b, fn, design)
+            res = paired_by_seed(runs, a, b, fn, design)
             if res is not None:
                 out.setdefault(name, {})[m] = res
-    return out
-
-
-def mean_over_training(r: StudyRun, key: str) -> float | None:
-    """The mean of ``key`` over a run's evaluations (None when it has none)."""
-    xs = [float(p[key]) for p in r.run.curve if is_num(p.get(key))]
-    return float(np.mean(xs)) if xs else None
-
-
-# ------------------------------------------------------------------- what it can say
-def _corr(runs: list[StudyRun], a: str, b: str, value) -> dict | None:
-    """Pearson correlation over seeds of two arms' values (how much a pairing by seed shares)."""
-    xa, xb = by_seed(runs, a, value), by_seed(runs, b, value)
-    common = sorted(set(xa) & set(xb))
-    if len(common) < 3:
-        return None
-    return {"r": float(np.corrcoef([xa[s] for s in common], [xb[s] for s in common])[0, 1]), "n": len(common)}
-
-
-def scope(runs: list[StudyRun], design: dict, sel: dict, report: dict) -> dict:
-    """The numbers behind "what this study can and cannot say" (rendered in the doc):
-
-    mechanism   Nexus - AdamW on the mean between-source gradient cosine over training (paired),
-                the largest |Nexus - AdamW| of the per-arm closeness means, and the pilot's dose
-                response (each pilot setting's similarity and end val/id against the pilot AdamW
-                at lr*): was the treatment engaged at gamma*?
-    units       vocabulary and bytes per token of the validation splits (nats/token here; the
-                paper's 0.012 is in its own units)
-    post_hoc    per family comparison, the CI's lower end against the paper's effect (the
-                clause "the CI excludes the paper's effect" entered after the n = 20 result)
-    pairing     endpoint correlation over seeds of each arm with AdamW (a paired arm shares the
-                seed's data windows; ``train.sampling=mixed`` draws other windows)
-    random      sd over seeds of random - AdamW on the endpoint (a control that moves nothing)
-    selection   selection.json's pilot val/id against the committed pilot summaries' end val/id
-    tokens_per_param
-    """
-    fam = [tuple(s.strip() for s in n.split(" - ")) for n in design["family"]]
-    sim = lambda r: mean_over_training(r, "geom/grad_sim")  # noqa: E731
-    out: dict = {"gamma": sel.get("gamma"), "lr": sel.get("lr")}
-    res = _paired(runs, "nexus", "adamw", sim, design)
-    out["grad_sim_nexus_minus_adamw"] = res
-    per = report.get("per_arm") or {}
-    diffs = [abs(per["nexus"][k]["mean"] - per["adamw"][k]["mean"]) for k in per.get("nexus", {})
-             if k.startswith("closeness") and "adamw" in per and per["nexus"][k]["mean"] is not None
-             and per["adamw"][k]["mean"] is not None]
-    out["closeness_max_abs_diff"] = max(diffs) if diffs else None
-    pilot = [r for r in runs if r.phase == "pilot"]
-    base = [r for r in pilot if r.arm == "adamw" and r.setting.get("lr") == sel.get("lr")]
-    dose = []
-    if base:
-        b_sim = np.mean([sim(r) for r in base if is_num(sim(r))]) if any(is_num(sim(r)) for r in base) else None
-        b_id = np.mean([r.run.curve[-1]["val/id"] for r in base])
-        for r in pilot:
-            if r.arm != "adamw" and is_num(sim(r)) and b_sim is not None:
-                dose.append({"run": r.name, "gamma": r.setting.get("gamma"), "grad_sim_gain": float(sim(r) - b_sim),
-                             "val_id_cost": float(r.run.curve[-1]["val/id"] - b_id)})
-    out["pilot_dose"] = sorted(dose, key=lambda x: x["gamma"] if is_num(x["gamma"]) else 0.0)
-    out["post_hoc"] = {f"{a} - {b}": {"ci_low": r["ci_low"], "paper": design["paper_ood_effect"],
-                                      "margin": r["ci_low"] + design["paper_ood_effect"]}
-                       for (a, b), r in zip(fam, (report.get("primary") or {}).values()) if "ci_low" in r}
-    out["pairing"] = {a: _corr(runs, a, "adamw", lambda r: r.endpoint["value"])
-                      for a in report["arms"] if a != "adamw"}
-    rnd = _paired(runs, "random", "adamw", lambda r: r.endpoint["value"], design)
-    out["random_sd"] = rnd["sd"] if rnd else None
-    bpt = {}
-    for r in runs:
-        p = r.run.prepared or {}
-        for s_, role in (p.get("roles") or {}).items():
-            if (p.get("val_tokens") or {}).get(s_):
-                bpt.setdefault(role, {})[s_] = p["val_bytes"][s_] / p["val_tokens"][s_]
-        if bpt:
-            break
-    out["bytes_per_token"] = bpt
-    out["vocab_size"] = design.get("vocab_size")
-    n_params = report.get("n_params")
-    if n_params and "steps" in design:
-        from nexus_optim.report.study_render import tokens_per_run
-        out["tokens_per_param"] = tokens_per_run(design) / n_params
-    recorded = {**{("adamw", k): v for k, v in sel.get("pilot_val_id", {}).get("adamw_lr", {}).items()},
-                **{("nexus", k): v for k, v in sel.get("pilot_val_id", {}).get("nexus_gamma", {}).items()}}
-    drift = []
-    for r in pilot:
-        key = (r.arm, f"{r.setting.get('lr' if r.arm == 'adamw' else 'gamma'):g}") if r.setting else None
-        if key in recorded and r.run.curve and abs(r.run.curve[-1]["val/id"] - recorded[key]) > 1e-6:
-            drift.append({"run": r.name, "selection": recorded[key], "summary": r.run.curve[-1]["val/id"]})
-    out["selection_drift"] = drift
     return out
 
 
@@ -463,6 +330,8 @@ def study_report(summaries: str | Path, out: str | Path, markdown: str | Path | 
     if sel:
         report.update(primary=primary(runs, design), exploratory=exploratory(runs, design, arms),
                       regression=regression(runs, design["confidence"]), per_arm=arm_table(runs, arms))
+        from nexus_optim.report.study_scope import scope
+
         report["scope"] = scope(runs, design, sel, report)
     out.mkdir(parents=True, exist_ok=True)
     report["plots"] = study_plots(runs, report, out) if sel else []
@@ -470,68 +339,4 @@ def study_report(summaries: str | Path, out: str | Path, markdown: str | Path | 
     report["paths"] = {"json": str(out / "report.json"), "markdown": str(md)}
     write_json(out / "report.json", report, indent=1, default=str)
     write_text(md, render_study(report, out, md))
-    return report
-
-
-# ------------------------------------------------------------------ the dose study
-def closeness_retest(root: Path) -> dict | None:
-    """Test-retest reliability of the closeness measure: over the runs with both fine-tune seeds
-    (``geometry.json`` and ``geometry_retest.json``), the Pearson r of cross_loss_gap between the
-    two, and the sd of their difference (None with fewer than 3 runs)."""
-    pairs = []
-    for g in sorted(root.glob("*/*/geometry_retest.json")):
-        a = closeness_numbers(json.loads((g.parent / "geometry.json").read_text())) if (g.parent / "geometry.json").exists() else {}
-        b = closeness_numbers(json.loads(g.read_text()))
-        if PRIMARY_CLOSENESS in a and PRIMARY_CLOSENESS in b:
-            pairs.append((a[PRIMARY_CLOSENESS], b[PRIMARY_CLOSENESS]))
-    if len(pairs) < 3:
-        return {"n": len(pairs), "r": None}
-    x, y = np.array(pairs).T
-    return {"n": len(pairs), "r": float(np.corrcoef(x, y)[0, 1]), "sd_diff": float(np.std(x - y, ddof=1)),
-            "sd_between_runs": float(np.std(x, ddof=1))}
-
-
-def source_spread(root: Path, dec: dict, labels: list[str]) -> dict[str, float]:
-    """Per run: the std over the train sources of val/<source> where the run's val/id crosses
-    its size's AdamW(lr*) (same seed) val/id at 80% of training (per-source losses at matched
-    mean); runs that never reach it are left out."""
-    out, runs = {}, None
-    for size in labels:
-        lr = (dec.get(f"{size}-lr.json") or {}).get("lr")
-        if lr is None:
-            continue
-        runs = runs if runs is not None else load_summaries(root)
-        base = {r.seed: levels_at(r.run.curve, [0.8]) for r in runs if r.phase == f"{size}-adamw"
-                and r.setting.get("lr") == lr}
-        for r in runs:
-            if not r.phase.startswith(f"{size}-") or not base.get(r.seed):
-                continue
-            roles = (r.run.prepared or {}).get("roles") or {}
-            hit = crossing(r.run.curve, "val/id", base[r.seed][0])
-            vals = [hit[f"val/{s_}"] for s_, role in roles.items() if role == "train" and hit and is_num(hit.get(f"val/{s_}"))]
-            if len(vals) >= 2:
-                out[r.name] = float(np.std(vals, ddof=1))
-    return out
-
-
-def dose_report(summaries: str | Path, out: str | Path, markdown: str | Path | None = None) -> dict:
-    """The gamma guide (``study_render.render_gamma_guide``) and its figure
-    (``study_plots.gamma_guide_plot``) from the dose study's design.json and decision files."""
-    from nexus_optim.report.study_plots import gamma_guide_plot
-    from nexus_optim.report.study_render import render_gamma_guide
-
-    root, out = Path(summaries), Path(out)
-    design = json.loads((root / "design.json").read_text())
-    labels = [s["label"] for s in design["sizes"]]
-    names = [f"{x}-lr.json" for x in labels] + [f"{x}-window.json" for x in labels] + ["transfer.json"]
-    dec = {n: json.loads((root / n).read_text()) for n in names if (root / n).exists()}
-    out.mkdir(parents=True, exist_ok=True)
-    windows = {x: dec[f"{x}-window.json"] for x in labels if f"{x}-window.json" in dec}
-    report = {"design": design, "decisions": dec, "n_runs": len(list(root.glob("*/*/run.json"))),
-              "plot": gamma_guide_plot(windows, design, out), "retest": closeness_retest(root),
-              "spread": source_spread(root, dec, labels)}
-    md = Path(markdown) if markdown else out / "gamma-guide.md"
-    report["paths"] = {"json": str(out / "dose.json"), "markdown": str(md)}
-    write_json(out / "dose.json", report, indent=1, default=str)
-    write_text(md, render_gamma_guide(report, out, md))
     return report
