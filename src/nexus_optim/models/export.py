@@ -58,9 +58,8 @@ def add_eos_prefix(tokenizer) -> None:
 
 def export_hf(model, tokenizer, out_dir: str | Path, max_length: int | None = None,
               eos_prefix: bool = True, meta: dict | None = None) -> Path:
-    """``save_pretrained`` of model and tokenizer into ``out_dir``; returns the path."""
-    import copy
-
+    """``save_pretrained`` of model and tokenizer into ``out_dir`` (new, empty or a previous
+    export: `check_export_dir`; written beside it and renamed into place); returns the path."""
     out = Path(out_dir)
     check_export_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
