@@ -10,8 +10,6 @@ from nexus_optim.experiments.demo import demo_config_dict, run_demo
 from nexus_optim.experiments.design import DESIGNS
 from nexus_optim.train.config import from_dict
 
-from conftest import TINY_MODEL
-
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
@@ -33,8 +31,10 @@ def test_a_config_file_decides_the_model_instead():
     assert cfg.train.steps == 5 and not cfg.train.export_hf
 
 
-def test_a_tiny_demo_writes_a_report_with_the_mechanism_table(tiny_data, tmp_path, capsys):
-    m = ", ".join(f"{k}: {v}" for k, v in TINY_MODEL.items())
+def test_a_tiny_demo_writes_a_report_with_the_mechanism_table(tiny_data, tiny_config, tmp_path, capsys):
+    # the tiny model of tests/conftest.py (through its fixture: `from conftest import` would
+    # pick whichever conftest was imported last)
+    m = ", ".join(f"{k}: {v}" for k, v in tiny_config()["model"]["overrides"].items())
     overrides = [f"data.sources={json.dumps(tiny_data['sources'])}", f"data.data_dir={tiny_data['data_dir']}",
                  f"data.vocab_size={tiny_data['vocab_size']}", f"model.overrides={{{m}}}", "model.seq_len=32",
                  "optim.inner_steps=2", "train.micro_batch_size=4", "train.eval_every=2", "train.eval_tokens=256",
