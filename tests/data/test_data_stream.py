@@ -133,6 +133,11 @@ def test_bad_rows_in_compressed_and_columnar_files_name_file_and_row(tmp_path):
     with pytest.raises(ValueError) as e:
         files(_ctx([dd]), {}, None)
     _one_line(e, str(dd), "DatasetDict", "train, test")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    with pytest.raises(ValueError) as e:
+        files(_ctx([plain]), {}, None)
+    _one_line(e, str(plain), "not a datasets save_to_disk directory", "*.jsonl.gz")
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n\n")
     cfg = DataConfig(data_dir=str(tmp_path / "c"), vocab_size=280,

@@ -44,6 +44,9 @@ def expand_paths(paths: list[str]) -> list[str]:
     sorted and de-duplicated; files inside a matched dataset directory are left to it."""
     out: set[str] = set()
     for p in paths:
+        if not glob.has_magic(p) and Path(p).is_dir() and not _is_dataset_dir(Path(p)):
+            raise ValueError(f"{p}: a directory that is not a datasets save_to_disk directory (no state.json); "
+                             f"give its files as a glob, e.g. {str(Path(p) / '*.jsonl.gz')!r}")
         for f in glob.glob(p, recursive=True):
             if Path(f).is_file() or _is_dataset_dir(Path(f)):
                 out.add(str(Path(f)))
