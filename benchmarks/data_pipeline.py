@@ -157,8 +157,8 @@ def _child_prepare(cfg: dict) -> dict:
 
 
 def _child_limit(cfg: dict, limit_mb: float) -> dict:
-    from nexus_optim.data.prepare import BATCH_CHARS
     from nexus_optim.data.prepared import iter_docs
+    from nexus_optim.data.tokenize_stage import BATCH_CHARS
     from nexus_optim.data.tokenizer import load_tokenizer
 
     backend = load_tokenizer(cfg["tokenizer"]).backend_tokenizer

@@ -14,7 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import nexus_optim.data.cache as cache_mod
+import nexus_optim.data.documents as documents
 import nexus_optim.data.prepare as prep
+import nexus_optim.data.prepared as prepared_mod
+import nexus_optim.data.tokenize_stage as tokenize_stage
 from nexus_optim.data import DataConfig, prepare_data
 from nexus_optim.data.shards import CacheError, CacheWarning
 
@@ -146,10 +150,18 @@ def _read_only(monkeypatch, root: Path):
     def refuse(*a, **k):
         raise AssertionError("wrote to a read-only cache")
 
-    monkeypatch.setattr(prep, "_writable", lambda path: False)
-    for name in ("_write_json", "write_jsonl", "build_shard", "_build_documents"):
-        monkeypatch.setattr(prep, name, refuse)
+    _not_writable(monkeypatch)
+    for mod, name in ((prep, "_write_json"), (prep, "write_jsonl"), (cache_mod, "_write_json"),
+                      (cache_mod, "build_documents"), (documents, "_write_json"),
+                      (tokenize_stage, "_write_json"), (tokenize_stage, "build_shard")):
+        monkeypatch.setattr(mod, name, refuse)
     monkeypatch.setattr("nexus_optim.data.tokenizer.train_bpe", refuse)
+
+
+def _not_writable(monkeypatch):
+    """Every cache write check answers "not writable" (root ignores file modes)."""
+    for mod in (prep, cache_mod, prepared_mod):
+        monkeypatch.setattr(mod, "_writable", lambda path: False)
 
 
 def _writable_again(root: Path):
@@ -188,7 +200,7 @@ def test_read_only_data_dir_that_needs_building_is_one_line(pristine, tmp_path, 
     _, paths, _ = pristine
     empty = tmp_path / "empty"
     empty.mkdir()
-    monkeypatch.setattr(prep, "_writable", lambda path: False)
+    _not_writable(monkeypatch)
     with pytest.raises(CacheError) as e:
         prepare_data(_cfg(empty, paths), progress=False, workers=1)
     assert "data.data_dir" in str(e.value) and "not writable" in str(e.value) and "\n" not in str(e.value)

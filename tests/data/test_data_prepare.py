@@ -115,19 +115,19 @@ def test_val_fraction_is_respected(tmp_path):
 
 
 def test_interrupted_build_leaves_no_complete_looking_files(tmp_path, monkeypatch):
-    import nexus_optim.data.prepare as prep
+    import nexus_optim.data.tokenize_stage as tokenize_stage
 
     cfg = _config(tmp_path)
 
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(prep, "build_shard", boom)
+    monkeypatch.setattr(tokenize_stage, "build_shard", boom)
     with pytest.raises(KeyboardInterrupt):
-        prep.prepare_data(cfg, progress=False, workers=1)
+        prepare_data(cfg, progress=False, workers=1)
     assert not list((tmp_path / "cache").rglob("*.bin")) and not list((tmp_path / "cache").rglob("*.tmp*"))
     monkeypatch.undo()
-    data = prep.prepare_data(cfg, progress=False, workers=1)
+    data = prepare_data(cfg, progress=False, workers=1)
     assert all(os.path.exists(p) for s in data.shards.values() for p in s.values())
 
 

@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import nexus_optim.data.prepare as prep
+import nexus_optim.data.cache as cache_mod
+import nexus_optim.data.tokenize_stage as tokenize_stage
 from nexus_optim.data import DataConfig, prepare_data
-from nexus_optim.data.prepared import read_docs
+from nexus_optim.data.prepared import _Log, read_docs
 from nexus_optim.data.shards import CacheWarning, ShardSet
 from nexus_optim.data.sources import BuildContext, build_part
 from nexus_optim.data.sources.files import expand_paths, files, iter_documents
@@ -265,7 +266,7 @@ def test_shard_sets_read_as_one_array(corpus, whole, tmp_path):
 
 def test_interrupted_tokenization_resumes_after_the_finished_shards(corpus, whole, tmp_path, monkeypatch):
     cfg = _cfg(corpus, tmp_path / "c")
-    real = prep.build_shard
+    real = tokenize_stage.build_shard
 
     def stop_after_two(*a, on_shard=None, **k):
         def record(entries):
@@ -274,7 +275,7 @@ def test_interrupted_tokenization_resumes_after_the_finished_shards(corpus, whol
                 raise KeyboardInterrupt
         return real(*a, on_shard=record, **k)
 
-    monkeypatch.setattr(prep, "build_shard", stop_after_two)
+    monkeypatch.setattr(tokenize_stage, "build_shard", stop_after_two)
     with pytest.raises(KeyboardInterrupt):
         prepare_data(cfg, progress=False, workers=1, shard_tokens=4000)
     monkeypatch.undo()
@@ -356,14 +357,14 @@ def test_vocabulary_above_65535_gets_uint32_shards(tmp_path):
 
 
 def test_bpe_sample_of_a_large_source_is_bounded_seeded_and_spread(tmp_path, monkeypatch):
-    monkeypatch.setattr(prep, "TOKENIZER_CHARS_PER_SOURCE", 20_000)
+    monkeypatch.setattr(cache_mod, "TOKENIZER_CHARS_PER_SOURCE", 20_000)
     rows = _rows(4000, 5)  # ~400 K chars: 20x the budget
     f = tmp_path / "a.jsonl"
     f.write_text("".join(json.dumps({"text": r}) + "\n" for r in rows))
     cfg = DataConfig(data_dir=str(tmp_path / "c"), vocab_size=300,
                      sources=[{"name": "a", "kind": "files", "paths": [str(f)]}])
     prepare_data(cfg, progress=False, workers=1)
-    cache = prep._Cache(cfg, Path(cfg.data_dir), 1, prep._Log(False))
+    cache = cache_mod.Cache(cfg, Path(cfg.data_dir), 1, _Log(False))
     sample = list(cache.tokenizer_texts())
     assert sample == list(cache.tokenizer_texts())  # seeded
     assert 20_000 <= sum(map(len, sample)) < 20_000 + max(map(len, rows))

@@ -283,6 +283,21 @@ def _read_meta(path: Path) -> dict | None:
     return None
 
 
+def _write_json(path: Path, obj) -> None:
+    """A cache ``meta.json`` (or manifest), atomically, keys sorted."""
+    write_json(path, obj, sort_keys=True)
+
+
+def _writable(root: Path) -> bool:
+    return os.access(root, os.W_OK | os.X_OK)
+
+
+def _need_write(root: Path, what: str) -> None:
+    if not _writable(root):
+        raise CacheError(f"data.data_dir: {str(root)!r} is not writable and {what} needs building; "
+                         f"make it writable or point data.data_dir at a prepared cache")
+
+
 def _warn(msg: str) -> None:
     warnings.warn(msg, CacheWarning, stacklevel=3)
 

@@ -127,6 +127,44 @@ def encode_docs(backend, docs: list[str], eos_id: int, dtype: np.dtype) -> tuple
     return arr.astype(dtype), ends
 
 
+class _ShardWriter:
+    """The shard being written: a temp file, renamed into place by ``close``, which appends
+    its entry to ``entries`` and reports them to ``on_shard``."""
+
+    def __init__(self, out_dir: Path, split: str, dtype: np.dtype, entries: list[dict], on_shard):
+        self.out_dir, self.split, self.dtype, self.entries, self.on_shard = out_dir, split, dtype, entries, on_shard
+        self.f = self.tmp = self.h = None
+        self.tokens = self.docs = 0
+
+    def start(self) -> None:
+        k = len(self.entries)
+        self.tmp = self.out_dir / (shard_file(self.split, k) + f".tmp{os.getpid()}")
+        self.f = open(self.tmp, "wb")
+        self.h, self.tokens, self.docs = hashlib.sha256(), 0, 0
+
+    def write(self, b: bytes, tokens: int, docs: int) -> None:
+        self.f.write(b)
+        self.h.update(b)
+        self.tokens += tokens
+        self.docs += docs
+
+    def close(self) -> None:
+        self.f.close()
+        name = shard_file(self.split, len(self.entries))
+        os.replace(self.tmp, self.out_dir / name)
+        self.f = self.tmp = None
+        self.entries.append({"file": name, "tokens": self.tokens, "docs": self.docs,
+                             "size": self.tokens * self.dtype.itemsize, "sha256": self.h.hexdigest()})
+        if self.on_shard is not None:
+            self.on_shard(self.entries)
+
+    def abort(self) -> None:
+        if self.f is not None:
+            self.f.close()
+        if self.tmp is not None and self.tmp.exists():
+            self.tmp.unlink()
+
+
 def build_shard(batches: Iterable[list[str]], tokenizer, eos_id: int, out_dir: str | os.PathLike,
                 split: str, dtype: np.dtype, shard_tokens: int = SHARD_TOKENS, kept: Sequence[dict] = (),
                 stream_hash=None, on_shard: Callable[[list[dict]], None] | None = None,
@@ -145,24 +183,7 @@ def build_shard(batches: Iterable[list[str]], tokenizer, eos_id: int, out_dir: s
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = [dict(e) for e in kept]
     stream = stream_hash if stream_hash is not None else hashlib.sha256()
-    state = {"f": None, "tmp": None, "h": None, "tokens": 0, "docs": 0}
-
-    def open_next():
-        k = len(entries)
-        state["tmp"] = out_dir / (shard_file(split, k) + f".tmp{os.getpid()}")
-        state["f"] = open(state["tmp"], "wb")
-        state["h"], state["tokens"], state["docs"] = hashlib.sha256(), 0, 0
-
-    def close_current():
-        state["f"].close()
-        name = shard_file(split, len(entries))
-        os.replace(state["tmp"], out_dir / name)
-        state["f"] = state["tmp"] = None
-        entries.append({"file": name, "tokens": state["tokens"], "docs": state["docs"],
-                        "size": state["tokens"] * dtype.itemsize, "sha256": state["h"].hexdigest()})
-        if on_shard is not None:
-            on_shard(entries)
-
+    shard = _ShardWriter(out_dir, split, dtype, entries, on_shard)
     try:
         for docs in batches:
             if not docs:
@@ -170,32 +191,26 @@ def build_shard(batches: Iterable[list[str]], tokenizer, eos_id: int, out_dir: s
             arr, ends = encode_docs(backend, docs, eos_id, dtype)
             pos, d = 0, 0
             while d < len(docs):
-                if state["f"] is None:
-                    open_next()
-                room = shard_tokens - state["tokens"]  # > 0: a full shard is closed at once
+                if shard.f is None:
+                    shard.start()
+                room = shard_tokens - shard.tokens  # > 0: a full shard is closed at once
                 # documents d..j-1: up to the first one that fills the shard (at least one)
                 j = min(int(np.searchsorted(ends, pos + room, side="left")) + 1, len(docs))
                 chunk = arr[pos:ends[j - 1]]
                 b = chunk.tobytes()
-                state["f"].write(b)
-                state["h"].update(b)
+                shard.write(b, chunk.size, j - d)
                 stream.update(b)
-                state["tokens"] += chunk.size
-                state["docs"] += j - d
                 pos, d = int(ends[j - 1]), j
-                if state["tokens"] >= shard_tokens:
-                    close_current()
+                if shard.tokens >= shard_tokens:
+                    shard.close()
             if on_batch is not None:
                 on_batch(len(docs), arr.size)
-        if state["f"] is not None or not entries:
-            if state["f"] is None:
-                open_next()
-            close_current()
+        if shard.f is not None or not entries:
+            if shard.f is None:
+                shard.start()
+            shard.close()
     finally:
-        if state["f"] is not None:
-            state["f"].close()
-        if state["tmp"] is not None and state["tmp"].exists():
-            state["tmp"].unlink()
+        shard.abort()
     return entries, stream
 
 
