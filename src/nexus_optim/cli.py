@@ -383,10 +383,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _stopped_or_disk_full(command: str, e: Exception) -> tuple[str | None, int]:
     """(one line, exit code) for a training run stopped by a signal or a full disk
-    (``train.loop.TrainingStopped``: the line says how to resume; ``nexus train`` and
+    (``train.stops.TrainingStopped``: the line says how to resume; ``nexus train`` and
     ``nexus demo``) or a full disk in any other command; (None, 0) for anything else."""
-    loop = sys.modules.get("nexus_optim.train.loop")
-    if loop is not None and isinstance(e, loop.TrainingStopped):
+    stops = sys.modules.get("nexus_optim.train.stops")
+    if stops is not None and isinstance(e, stops.TrainingStopped):
         return f"nexus {command}: {e}", e.exit_code
     from nexus_optim.runtime import is_disk_full
 

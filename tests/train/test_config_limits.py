@@ -12,8 +12,8 @@ from nexus_optim.cli import _task_options, main
 from nexus_optim.train.artifacts import checkpoint_config
 from nexus_optim.train.checkpoint import CheckpointError
 from nexus_optim.train.config import load_config
+from nexus_optim.train.resume_checks import check_resume
 from nexus_optim.train.yaml_limits import YAML_MAX_BYTES, YAML_MAX_DEPTH, YAML_MAX_NODES, parse_yaml
-from nexus_optim.train.rundir import check_resume
 
 # 9 lists of 9 aliases of the one before: 9^9 (387 million) strings once expanded, 0.4 KB here
 BOMB = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(

@@ -20,7 +20,8 @@ from nexus_optim.train import checkpoint as ck
 from nexus_optim.train.config import from_dict
 from nexus_optim.train.logging import read_metrics
 from nexus_optim.train.loop import Trainer, train
-from nexus_optim.train.rundir import LOCK_NAME, RunLock, open_run_dir
+from nexus_optim.train.rundir import open_run_dir
+from nexus_optim.train.runlock import LOCK_NAME, RunLock
 
 SHORT = {"train.steps": 2, "train.ckpt_every": 0, "train.eval_every": 0}
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,

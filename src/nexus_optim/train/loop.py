@@ -26,23 +26,13 @@ resume-or-start); a resumed run must keep its optimizer, model, data (the checks
 its prepared shards and tokenizer) and tokens per step. Every top-level entry the run
 creates is recorded in its manifest first (``rundir.record_created``).
 
-Stops: SIGINT (Ctrl-C) or SIGTERM during ``run()`` of a single-process run lets the
-current outer step finish, saves a checkpoint there and raises `TrainingStopped` (exit code
-130 / 143, one line saying how to resume); a second signal stops at once. Under torchrun
-the ranks stop at once (a checkpoint needs every rank; resume from the last periodic one). A full disk (ENOSPC / EDQUOT,
-from any write: checkpoint, metrics, TensorBoard, export) raises `TrainingStopped` (exit
-code 1) naming the path and the checkpoint a resume continues from.
+Stops (a signal, a full disk): ``train/stops.py``; the stopped run saves a checkpoint
+where it can and raises `TrainingStopped`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-import os
-import signal
-import sys
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -53,103 +43,23 @@ import torch.distributed as dist
 import yaml
 
 from nexus_optim.data.prepare import prepare_data
-from nexus_optim.data.sampler import MixtureSampler
 from nexus_optim.eval.losses import evaluate_sources
 from nexus_optim.models.export import export_hf
 from nexus_optim.models.presets import build_model, count_params
 from nexus_optim.optim.distributed import backward_context, ddp_kwargs
 from nexus_optim.runtime import autocast_for, is_disk_full, one_line, pick_device, write_text
-from nexus_optim.train.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint,
-                                          rng_state, save_checkpoint, set_rng_state)
+from nexus_optim.train.checkpoint import (CheckpointError, load_checkpoint, rng_state,
+                                          save_checkpoint, set_rng_state)
 from nexus_optim.train.config import Config, save_config, validate
 from nexus_optim.train.distributed import replica_mismatches, setup_distributed
 from nexus_optim.train.logging import MetricsLogger
 from nexus_optim.train.optimizers import build_optimizer, gamma_record, step_protocol
 from nexus_optim.train.run_info import run_meta
-from nexus_optim.train.rundir import open_run_dir, record_created, record_progress
+from nexus_optim.train.run_data import build_sampler, check_resume_data, recorded_prepared
+from nexus_optim.train.rundir import open_run_dir, record_created, record_progress, start_mode
 from nexus_optim.train.schedules import build_scheduler
 from nexus_optim.train.step import at_outer_weights, data_parallel_modes, outer_step, step_counters
-
-
-def build_sampler(cfg: Config, prepared, rank: int = 0, world: int = 1) -> MixtureSampler:
-    """The training mixture: every rank follows the same source schedule (seed) and draws
-    its own windows (rank); ``world`` is unused (kept for callers)."""
-    train = {s: prepared.load(s, "train") for s, r in prepared.roles.items()
-             if r == "train" and prepared.weights[s] > 0}
-    return MixtureSampler(train, {s: prepared.weights[s] for s in train}, cfg.model.seq_len,
-                          cfg.train.micro_batch_size, mode=cfg.train.sampling,
-                          group_size=cfg.optim.inner_steps,
-                          shuffle_sources=cfg.train.shuffle_sources, seed=cfg.train.seed, rank=rank)
-
-
-class TrainingStopped(Exception):
-    """The run stopped before ``train.steps`` (a signal, a full disk) after saving what it
-    could; the message is one line saying how to resume; ``exit_code`` for the shell."""
-
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-#: signals that stop a run at the end of the current outer step, and their exit codes
-STOP_SIGNALS = {signal.SIGINT: 130, signal.SIGTERM: 143}
-
-
-def recorded_prepared(prepared) -> str:
-    """The JSON of the run's prepared data as recorded (``prepared.json``): every path
-    absolute, so that ``nexus eval`` reads the same files from any directory."""
-    d = dataclasses.asdict(prepared)
-    d["tokenizer_path"] = os.path.abspath(d["tokenizer_path"])
-    d["shards"] = {s: {split: os.path.abspath(f) for split, f in splits.items()}
-                   for s, splits in d["shards"].items()}
-    if d.get("data_dir"):
-        d["data_dir"] = os.path.abspath(d["data_dir"])
-    return json.dumps(d, indent=1, sort_keys=True)
-
-
-def check_resume_data(ckpt: Path, prepared) -> None:
-    """Refuse to resume ``ckpt`` on data whose checksums differ from those it recorded
-    (a shard or tokenizer changed or rebuilt since): one line naming the first one."""
-    f = ckpt / "prepared.json"
-    if not f.is_file():
-        return  # a checkpoint from before prepared.json: nothing recorded to compare
-    try:
-        old = json.loads(f.read_text())
-        old_sums = old.get("checksums") or {}
-        old_tok = old.get("tokenizer_sha256") or ""
-        if not isinstance(old_sums, dict) or not isinstance(old_tok, str):
-            raise TypeError("checksums")
-    except (OSError, ValueError, TypeError, AttributeError) as e:
-        raise CheckpointError(f"--resume: cannot read {str(f)!r} ({type(e).__name__})") from None
-    diffs = []
-    if old_tok and prepared.tokenizer_sha256 and old_tok != prepared.tokenizer_sha256:
-        diffs.append(f"the tokenizer {prepared.tokenizer_path!r}")
-    for source, splits in (prepared.checksums or {}).items():
-        for split, sha in splits.items():
-            was = (old_sums.get(source) or {}).get(split) if isinstance(old_sums.get(source), dict) else None
-            if was and sha and was != sha:
-                diffs.append(f"{source}/{split} ({prepared.shards[source][split]!r})")
-    if set(old_sums) and set(prepared.checksums or {}) and set(old_sums) != set(prepared.checksums):
-        diffs.append(f"the sources ({', '.join(sorted(old_sums))} in the checkpoint)")
-    if diffs:
-        raise ValueError(
-            f"--resume: the prepared data differs from what checkpoint {str(ckpt)!r} trained on: "
-            f"{', '.join(diffs[:3])}{' and more' if len(diffs) > 3 else ''} "
-            "(SHA-256 differs from the checkpoint's prepared.json: the cache was changed or "
-            "rebuilt); resume with the run's original data (data.data_dir), or start a new run")
-
-
-def start_mode(resume: bool | str = False, overwrite: bool = False) -> str:
-    """``Trainer``'s (resume, overwrite) as a `rundir.open_run_dir` mode."""
-    if overwrite:
-        if resume:
-            raise ValueError("--overwrite and --resume exclude each other")
-        return "overwrite"
-    if resume in ("or-start", "resume-or-start", "auto"):
-        return "resume-or-start"
-    if isinstance(resume, bool):
-        return "resume" if resume else "new"
-    raise ValueError(f"resume: {resume!r} is not one of False, True, 'or-start'")
+from nexus_optim.train.stops import StopSignals, TrainingStopped, disk_full, stopped_by_signal
 
 
 class Trainer:
@@ -188,7 +98,7 @@ class Trainer:
         except BaseException as e:
             self.release()  # e.g. a checkpoint refused by _restore: the directory is free again
             if isinstance(e, Exception) and is_disk_full(e):
-                raise self._disk_full(e) from None
+                raise disk_full(e, self.out) from None
             raise
 
     def _setup(self, resume_from: Path | None) -> None:
@@ -352,73 +262,26 @@ class Trainer:
         interruption would: no final export). Releases the run-directory lock at the end."""
         if self.dist.is_main and self.lock is not None and not self.lock.held:
             self.lock.acquire()  # run() again after a previous run() released it
-        previous = self._catch_stop_signals()
+        self._signals = StopSignals().catch(distributed=self.dist.enabled)
         try:
             return self._run(until)
         except TrainingStopped:
             raise
         except Exception as e:
             if is_disk_full(e):
-                raise self._disk_full(e) from None
+                raise disk_full(e, self.out) from None
             raise
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            self._signals.restore()
             self.release()
 
     # --------------------------------------------------------------------------- stops
-    def _catch_stop_signals(self) -> dict:
-        """SIGINT / SIGTERM set a flag read at the end of each outer step (`_stop_requested`);
-        the previous handlers come back at once, so a second signal stops immediately.
-        Only in the main thread (Python delivers signals there), and only on one process:
-        under torchrun the agent's SIGTERM usually means a peer died, and a checkpoint needs
-        every rank (it would hang in a collective), so the ranks stop at once as before."""
-        self._stop_signal = None
-        if threading.current_thread() is not threading.main_thread() or self.dist.enabled:
-            return {}
-        # a signal the caller ignores (nohup, a background job of a script) stays ignored
-        previous = {sig: h for sig in STOP_SIGNALS if (h := signal.getsignal(sig)) != signal.SIG_IGN}
-
-        def handler(signum, _frame):
-            self._stop_signal = signum
-            for sig, h in previous.items():
-                signal.signal(sig, h)
-            print(f"nexus train: {signal.Signals(signum).name} received: stopping after this "
-                  f"outer step and saving a checkpoint (send it again to stop at once, "
-                  f"without saving)", file=sys.stderr, flush=True)
-
-        for sig in previous:
-            signal.signal(sig, handler)
-        return previous
-
-    def _stop_requested(self) -> int | None:
-        """The signal that asked this (single-process) run to stop, if any."""
-        return self._stop_signal
-
     def _stop(self, signum: int) -> TrainingStopped:
         """Save a checkpoint at this outer step (unless just saved) and say how to resume."""
         if self._saved_step != self.step:
             self.save()
         self.logger.close()
-        name = signal.Signals(signum).name
-        ckpt = self.out / "checkpoints" / f"step_{self.step:06d}"
-        return TrainingStopped(
-            f"stopped by {name} after step {self.step} of {self.cfg.train.steps}; saved "
-            f"checkpoint {str(ckpt)!r}; to continue, rerun the same command (nexus train: with "
-            f"--resume; nexus demo/study resume by themselves) (train.out_dir {str(self.out)!r})", STOP_SIGNALS.get(signum, 1))
-
-    def _disk_full(self, e: BaseException) -> TrainingStopped:
-        where, cur = None, e
-        while cur is not None and where is None:
-            where = getattr(cur, "filename", None)
-            cur = cur.__cause__ or cur.__context__
-        last = latest_checkpoint(self.out / "checkpoints")
-        then = (f"continues from checkpoint {last.name!r}" if last is not None
-                else "starts over (no checkpoint was written)")
-        return TrainingStopped(
-            f"the disk is full (No space left on device) writing "
-            f"{str(where) if where else 'under ' + repr(str(self.out))}; free space on that file "
-            f"system and rerun the same command (nexus train: with --resume; it {then})", 1)
+        return stopped_by_signal(signum, self.step, self.cfg.train.steps, self.out)
 
     def release(self) -> None:
         """Release the run-directory lock (rank 0); ``run()`` and ``close()`` do."""
@@ -445,7 +308,7 @@ class Trainer:
             bar.update(1)
             for callback in self.callbacks:
                 callback(self)
-            stop_signal = self._stop_requested()
+            stop_signal = self._signals.received  # train/stops.py
             if stop_signal is not None and self.step < t.steps:
                 bar.close()
                 raise self._stop(stop_signal)

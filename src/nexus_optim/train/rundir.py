@@ -2,10 +2,10 @@
 
 ``open_run_dir`` is what ``Trainer`` calls first (rank 0 alone under torchrun):
 
-* it takes an exclusive lock, ``OUT/.nexus-train.lock`` (``fcntl.flock`` on an open file,
-  so the kernel drops it when the process dies, however it dies; the file records the
-  holder's pid and host for the error message). A second trainer on the same directory
-  fails with one line naming the directory and the holder;
+* it takes an exclusive lock, ``OUT/.nexus-train.lock`` (``train/runlock.py``:
+  ``fcntl.flock`` on an open file, so the kernel drops it when the process dies, however
+  it dies; the file records the holder's pid and host for the error message). A second
+  trainer on the same directory fails with one line naming the directory and the holder;
 * it reads the run's manifest, ``OUT/.nexus-run.json``: the top-level entries the run
   created (recorded before each is created, `record_created`), the last checkpoint step
   written and whether the run finished. Only entries listed there (and existing) are the
@@ -23,7 +23,8 @@
                        symlinks are unlinked, never followed; ``step_*.corrupt`` directories
                        are kept); other files are kept
   ``resume``           the newest verified checkpoint; none is an error (a typo in out_dir
-                       must not start a new run); its config must match (`check_resume`)
+                       must not start a new run); its config must match (`check_resume`,
+                       ``train/resume_checks.py``)
   ``resume-or-start``  as ``resume`` if there is a checkpoint, else a new run (said on
                        stderr), deleting the run's entries only if it never wrote a
                        checkpoint (an attempt that died before its first one); a run whose
@@ -35,22 +36,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
-import socket
 import sys
 import warnings
 from pathlib import Path
 
-import yaml
-
 from nexus_optim.runtime import one_line, write_json
-from nexus_optim.train.checkpoint import (_STEP_DIR, RESUME_FILES, CheckpointError, clean_stale_tmp,
-                                          find_checkpoint, list_checkpoints)
+from nexus_optim.train.checkpoint import (_STEP_DIR, RESUME_FILES, clean_stale_tmp, find_checkpoint,
+                                          list_checkpoints)
+from nexus_optim.train.resume_checks import check_resume
+from nexus_optim.train.runlock import LOCK_NAME, RunLock
 
-LOCK_NAME = ".nexus-train.lock"
 RUN_MANIFEST = ".nexus-run.json"  # the run's own entries (see the module docstring)
 #: what ``nexus train`` writes at the top of its run directory
 RUN_WRITES = ("checkpoints", "config.yaml", "meta.yaml", "metrics.jsonl", "tb", "hf",
@@ -59,15 +57,6 @@ GEOMETRY_FILE = "geometry.json"  # written by `nexus geometry` (diagnostics/), r
 #: names that belong to a run (RUN_WRITES, an old temporary name, `nexus geometry`'s file)
 RUN_ARTIFACTS = (*RUN_WRITES, "metrics.tmp", GEOMETRY_FILE)
 MODES = ("new", "overwrite", "resume", "resume-or-start")
-
-#: config keys that may differ on --resume: run length, cadence, where/how it runs.
-#: Everything else (optimizer, schedule, model, data, seed, tokens per step) is refused.
-RESUME_MAY_CHANGE = (
-    "train.steps", "train.eval_every", "train.eval_tokens", "train.eval_batch_size",
-    "train.grad_sim_batches", "train.ckpt_every", "train.keep_checkpoints", "train.log_every",
-    "train.device", "train.progress", "train.export_hf", "train.threads", "train.out_dir",
-    "model.compile", "data.data_dir",
-)
 
 
 def run_dir_of(path: str | Path) -> Path:
@@ -78,176 +67,17 @@ def run_dir_of(path: str | Path) -> Path:
     return p
 
 
-# ---------------------------------------------------------------------------------- lock
-class RunLock:
-    """An exclusive lock on a run directory, held until ``release()`` or process exit."""
-
-    def __init__(self, out_dir: str | Path):
-        self.out = Path(out_dir)
-        self.path = self.out / LOCK_NAME
-        self.fd: int | None = None
-        self.owner: int | None = None  # the pid that took it (a forked child only closes its copy)
-
-    @property
-    def held(self) -> bool:
-        return self.fd is not None
-
-    def acquire(self) -> "RunLock":
-        import fcntl
-
-        if self.fd is not None:
-            return self
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-        except OSError as e:
-            raise ValueError(f"train.out_dir: cannot create the run lock {str(self.path)!r} "
-                             f"({e.strerror or e})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_holder(fd)
-            os.close(fd)
-            raise ValueError(
-                f"train.out_dir {str(self.out)!r} is in use by another nexus train "
-                f"({holder}); wait for it to finish or choose another train.out_dir") from None
-        except OSError:  # no flock on this file system: fall back to the recorded pid
-            holder = _read_holder(fd)
-            pid, host = _parse_holder(holder)
-            if pid and host == socket.gethostname() and pid != os.getpid() and _alive(pid):
-                os.close(fd)
-                raise ValueError(
-                    f"train.out_dir {str(self.out)!r} is in use by another nexus train "
-                    f"({holder}); wait for it to finish or choose another train.out_dir") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        self.fd, self.owner = fd, os.getpid()
-        return self
-
-    def release(self) -> None:
-        if self.fd is not None:
-            fd, self.fd = self.fd, None
-            if self.owner == os.getpid():
-                try:
-                    os.ftruncate(fd, 0)
-                except OSError:
-                    pass
-            os.close(fd)  # drops the flock (in a forked child: only the child's copy)
-
-    def __del__(self):  # a Trainer that is never closed: the lock goes with it
-        try:
-            self.release()
-        except Exception:
-            pass
-
-
-def _read_holder(fd: int) -> str:
-    try:
-        text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
-    except OSError:
-        text = ""
-    return text or "pid unknown"
-
-
-def _parse_holder(text: str) -> tuple[int | None, str | None]:
-    parts = text.split()
-    try:
-        return int(parts[1]), parts[3]
-    except (IndexError, ValueError):
-        return None, None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-# ----------------------------------------------------------------------- resume checks
-def _defaults(cls) -> dict:
-    out = {}
-    for f in dataclasses.fields(cls):
-        if f.default is not dataclasses.MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            out[f.name] = f.default_factory()  # type: ignore[misc]
-    return out
-
-
-def _normalized(d: dict) -> dict:
-    """A config dict with every schema default filled in (old checkpoints may lack keys
-    added since) and YAML-normalized values, without validating anything."""
-    from nexus_optim.data.config import DataConfig, SourceConfig
-    from nexus_optim.train.config import _SECTIONS
-
-    d = yaml.safe_load(yaml.safe_dump(d, sort_keys=False)) or {}
-    out: dict = {}
-    for name, cls in _SECTIONS.items():
-        sec = d.get(name)
-        out[name] = {**_defaults(cls), **(sec if isinstance(sec, dict) else {})}
-    data = d.get("data") if isinstance(d.get("data"), dict) else {}
-    out["data"] = {**{k: v for k, v in _defaults(DataConfig).items() if k != "sources"}, **data}
-    sources = data.get("sources")
-    if isinstance(sources, list):
-        src_defaults = _defaults(SourceConfig)
-        out["data"]["sources"] = [{**src_defaults, **s} if isinstance(s, dict) else s for s in sources]
-    else:
-        out["data"]["sources"] = yaml.safe_load(yaml.safe_dump(
-            [dataclasses.asdict(s) for s in DataConfig().sources]))
-    return yaml.safe_load(yaml.safe_dump(out, sort_keys=False))
-
-
-def config_differences(old: dict, new: dict) -> list[tuple[str, object, object]]:
-    """(dotted key, old value, new value) for every leaf that differs."""
-    out: list[tuple[str, object, object]] = []
-
-    def walk(a, b, key):
-        if isinstance(a, dict) and isinstance(b, dict):
-            for k in list(a) + [k for k in b if k not in a]:
-                sub = f"{key}.{k}" if key else str(k)
-                if k not in a or k not in b:
-                    out.append((sub, a.get(k, "<absent>"), b.get(k, "<absent>")))
-                else:
-                    walk(a[k], b[k], sub)
-        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-            for i, (x, y) in enumerate(zip(a, b)):
-                walk(x, y, f"{key}[{i}]")
-        elif a != b:
-            out.append((key, a, b))
-
-    walk(old, new, "")
-    return out
-
-
-def _may_change(key: str) -> bool:
-    return key in RESUME_MAY_CHANGE
-
-
-def check_resume(ckpt: Path, cfg) -> None:
-    """Refuse to resume ``ckpt`` with a config that changes what the run is."""
-    from nexus_optim.train.config import read_yaml
-
-    try:
-        old = read_yaml(ckpt / "config.yaml", "checkpoint")  # limits; duplicate keys refused
-    except ValueError as e:
-        raise CheckpointError(f"checkpoint: {e}") from None
-    if not isinstance(old, dict):
-        raise CheckpointError(f"checkpoint: {str(ckpt / 'config.yaml')!r} does not hold a config mapping")
-    diffs = [d for d in config_differences(_normalized(old), _normalized(cfg.to_dict()))
-             if not _may_change(d[0])]
-    if not diffs:
-        _check_schedule_length(ckpt, _normalized(old), cfg)
-    if diffs:
-        shown = "; ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, a, b in diffs[:4])
-        more = f" (and {len(diffs) - 4} more)" if len(diffs) > 4 else ""
-        raise ValueError(
-            f"--resume: the config differs from checkpoint {str(ckpt)!r} in {shown}{more}; "
-            f"resuming may change only {', '.join(RESUME_MAY_CHANGE)}; to change anything else "
-            "start a new run (another train.out_dir, or --overwrite)")
+def start_mode(resume: bool | str = False, overwrite: bool = False) -> str:
+    """``Trainer``'s (resume, overwrite) as an `open_run_dir` mode."""
+    if overwrite:
+        if resume:
+            raise ValueError("--overwrite and --resume exclude each other")
+        return "overwrite"
+    if resume in ("or-start", "resume-or-start", "auto"):
+        return "resume-or-start"
+    if isinstance(resume, bool):
+        return "resume" if resume else "new"
+    raise ValueError(f"resume: {resume!r} is not one of False, True, 'or-start'")
 
 
 # ----------------------------------------------------------------------------- manifest
@@ -363,33 +193,6 @@ def remove_run_files(out: str | Path) -> list[Path]:
         else:
             shutil.rmtree(p)
     return kept
-
-
-def _check_schedule_length(ckpt: Path, old: dict, cfg) -> None:
-    """``train.steps`` may change on resume only where the lr schedule the run has followed
-    so far (and its next step) stays the same: a constant schedule, a wsd one before its
-    decay. A cosine run re-sized would jump its lr: refused."""
-    from nexus_optim.train.schedules import lr_multiplier
-
-    before, now = old["train"].get("steps"), cfg.train.steps
-    m = _STEP_DIR.match(ckpt.name)
-    if before == now or not isinstance(before, int) or m is None:
-        return
-    if now < int(m.group(1)):
-        raise ValueError(f"--resume: train.steps={now} is below the step of checkpoint "
-                         f"{str(ckpt)!r} ({int(m.group(1))}): nothing would be trained; "
-                         f"resume with train.steps >= {int(m.group(1))}")
-    s = cfg.schedule
-    for t in range(int(m.group(1)) + 1):  # the multipliers of the steps taken and the next
-        a = lr_multiplier(t, before, s.kind, s.warmup_steps, s.min_lr_ratio, s.decay_fraction)
-        b = lr_multiplier(t, now, s.kind, s.warmup_steps, s.min_lr_ratio, s.decay_fraction)
-        if abs(a - b) > 1e-12 * max(1.0, abs(a)):
-            raise ValueError(
-                f"--resume: train.steps {before} -> {now} re-sizes the {s.kind} lr schedule that "
-                f"checkpoint {str(ckpt)!r} has followed (its lr multiplier at step {t + 1} would "
-                f"be {b:.6g}, not {a:.6g}); resume with train.steps={before}, or start a new run "
-                "(train.steps may grow on resume only for a constant schedule, or a wsd one "
-                "before its decay)")
 
 
 def is_run_dir(d: Path) -> bool:
