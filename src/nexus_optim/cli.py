@@ -25,6 +25,8 @@ import json
 import os
 import sys
 
+from nexus_optim.extras import require_extra  # standard library only: nothing heavy loads
+
 
 def _config_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument("--config", required=required, help="YAML config (see configs/nano.yaml)")
@@ -118,6 +120,7 @@ def cmd_compare(args) -> int:
 
 
 def _task_options(items: list[str]) -> dict:
+    from nexus_optim.eval.tasks import check_options
     from nexus_optim.train.config import parse_yaml
 
     out: dict = {}
@@ -127,8 +130,6 @@ def _task_options(items: list[str]) -> dict:
         if not sep or not dot or not task or not name:
             raise ValueError(f"--task-option {item!r}: expected TASK.KEY=VALUE, e.g. gsm.fewshot=3")
         out.setdefault(task, {})[name] = parse_yaml(value, f"--task-option {key}")
-    from nexus_optim.eval.tasks import check_options
-
     check_options(out)  # unknown keys, types, nan, ranges: before anything is loaded
     return out
 
@@ -353,8 +354,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nexus_optim.extras import require_extra
-
     try:
         require_extra("harness", "the nexus command")
     except ImportError as e:
