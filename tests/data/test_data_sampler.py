@@ -27,7 +27,8 @@ def _same(a, b):
     return all(x.source == y.source and torch.equal(x.input_ids, y.input_ids) for x, y in zip(a, b))
 
 
-@pytest.mark.parametrize("mode,shuffle", [("homogeneous", False), ("homogeneous", True), ("mixed", False)])
+@pytest.mark.parametrize("mode,shuffle", [("homogeneous", False), ("homogeneous", True), ("mixed", False),
+                                          ("mixed-paired", True)])
 def test_deterministic_and_independent_of_global_rng(mode, shuffle):
     kw = dict(seq_len=16, micro_batch_size=4, mode=mode, group_size=3, shuffle_sources=shuffle, seed=7)
     a = _take(MixtureSampler(_data(), W, **kw), 20)
@@ -79,7 +80,7 @@ def test_mixed_rows_follow_weights():
         assert (mb.input_ids[r] // 1000 == list(W).index(src)).all()
 
 
-@pytest.mark.parametrize("mode,shuffle", [("homogeneous", True), ("mixed", False)])
+@pytest.mark.parametrize("mode,shuffle", [("homogeneous", True), ("mixed", False), ("mixed-paired", True)])
 def test_resume_continues_identically(mode, shuffle):
     kw = dict(seq_len=16, micro_batch_size=2, mode=mode, group_size=4, shuffle_sources=shuffle, seed=3)
     full = _take(MixtureSampler(_data(), W, **kw), 25)
@@ -89,6 +90,28 @@ def test_resume_continues_identically(mode, shuffle):
     resumed = MixtureSampler(_data(), W, **kw)
     resumed.load_state_dict(state)
     assert _same(_take(resumed, 14), full[11:])
+
+
+@pytest.mark.parametrize("batch,shuffle,rank", [(6, True, 0), (2, False, 0), (5, True, 1)])
+def test_mixed_paired_is_the_homogeneous_groups_rows_dealt_round_robin(batch, shuffle, rank):
+    """Each outer step (group of K micro-batches) holds exactly the rows homogeneous mode
+    draws for it: row r of homogeneous micro-batch m at position r * K + m of the group."""
+    K, groups = 3, 5
+    kw = dict(seq_len=16, micro_batch_size=batch, group_size=K, shuffle_sources=shuffle, seed=11, rank=rank)
+    homo = _take(MixtureSampler(_data(), W, mode="homogeneous", **kw), K * groups)
+    paired = _take(MixtureSampler(_data(), W, mode="mixed-paired", **kw), K * groups)
+    for g in range(groups):
+        h, p = homo[g * K:(g + 1) * K], paired[g * K:(g + 1) * K]
+        rows = torch.cat([mb.input_ids for mb in p])
+        names = [n for mb in p for n in mb.row_sources]
+        assert all(mb.source == "mixed" and mb.input_ids.shape == (batch, 16) for mb in p)
+        for m in range(K):
+            for r in range(batch):
+                assert torch.equal(rows[r * K + m], h[m].input_ids[r]) and names[r * K + m] == h[m].source
+        for mb in p:  # rows come from the named sources (id ranges of _data)
+            assert [("prose", "math", "code")[int(x[0]) // 1000] for x in mb.input_ids] == mb.row_sources
+        if batch >= K and len({mb.source for mb in h}) > 1:  # every micro-batch mixes the group's sources
+            assert all(len(set(mb.row_sources)) > 1 for mb in p)
 
 
 def test_errors():

@@ -20,6 +20,12 @@ Modes:
   (systematic) sampling of the weights, then a random permutation: every source appears
   round(K * w) times up to +-1, in random order, and the long-run proportions equal the weights.
 * ``mixed``: each row of a micro-batch is drawn i.i.d. by weight; ``source`` is ``"mixed"``.
+* ``mixed-paired``: the homogeneous mode's windows, re-split. Each group of ``group_size``
+  micro-batches (one outer step) holds exactly the rows homogeneous mode draws for it (same
+  seed, schedule and windows), dealt round-robin: row ``r`` of homogeneous micro-batch ``m``
+  goes to position ``r * K + m`` of the group, cut into K micro-batches of ``B`` rows, so
+  every micro-batch mixes the group's sources. A control paired by data with a homogeneous
+  run: the outer step sees the same tokens, only their split into micro-batches differs.
 """
 
 from __future__ import annotations
@@ -29,14 +35,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-MODES = ("homogeneous", "mixed")
+MODES = ("homogeneous", "mixed", "mixed-paired")
 
 
 @dataclass
 class MicroBatch:
     source: str  # a source name, or "mixed"
     input_ids: torch.Tensor  # LongTensor [B, seq_len]
-    row_sources: list[str] | None = None  # per-row source names in "mixed" mode
+    row_sources: list[str] | None = None  # per-row source names in the mixed modes
 
 
 class MixtureSampler:
@@ -65,6 +71,7 @@ class MixtureSampler:
             raise ValueError(f"sampler: rank {rank!r} must be an integer >= 0")
         self.rank = rank
         self.step = 0
+        self._paired: tuple[int, torch.Tensor, list[str]] | None = None  # (group, rows, sources): a cache
 
     # -- source choice -------------------------------------------------------------------
     def _group_sources(self, g: int) -> np.ndarray:
@@ -92,15 +99,36 @@ class MixtureSampler:
             out[r] = tokens[start:start + self.seq_len]
         return torch.from_numpy(out)
 
+    def _rng(self, i: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, 0, i] if self.rank == 0 else [self.seed, 0, i, self.rank])
+
+    def _homogeneous(self, i: int) -> MicroBatch:
+        s = self.source_for(i)
+        return MicroBatch(self.names[s], self._windows(self._rng(i), np.full(self.batch, s)))
+
+    def _paired_mixed(self, i: int) -> MicroBatch:
+        """Micro-batch ``i`` of mode ``mixed-paired`` (module docstring): its group's
+        homogeneous rows, dealt round-robin."""
+        k, g = self.group_size, i // self.group_size
+        if self._paired is None or self._paired[0] != g:
+            group = [self._homogeneous(g * k + m) for m in range(k)]
+            rows = torch.stack([mb.input_ids for mb in group], dim=1).reshape(k * self.batch, self.seq_len)
+            sources = [group[m].source for r in range(self.batch) for m in range(k)]
+            self._paired = (g, rows, sources)
+        lo = (i % k) * self.batch
+        _, rows, sources = self._paired
+        return MicroBatch("mixed", rows[lo:lo + self.batch].clone(), sources[lo:lo + self.batch])
+
     def next(self) -> MicroBatch:
         i = self.step
-        rng = np.random.default_rng([self.seed, 0, i] if self.rank == 0 else [self.seed, 0, i, self.rank])
         if self.mode == "mixed":
+            rng = self._rng(i)
             src = rng.choice(len(self.names), size=self.batch, p=self.probs)
             mb = MicroBatch("mixed", self._windows(rng, src), [self.names[s] for s in src])
+        elif self.mode == "mixed-paired":
+            mb = self._paired_mixed(i)
         else:
-            s = self.source_for(i)
-            mb = MicroBatch(self.names[s], self._windows(rng, np.full(self.batch, s)))
+            mb = self._homogeneous(i)
         self.step += 1
         return mb
 

@@ -23,12 +23,13 @@ from typing import Any
 import yaml
 
 from nexus_optim.data.config import DataConfig
+from nexus_optim.data.sampler import MODES
 from nexus_optim.train.yaml_limits import parse_yaml, read_yaml  # noqa: F401  (callers import them from here too)
 from nexus_optim.optim.distributed import INNER_SYNC_MODES
 
 OPTIMIZERS = ("adamw", "nexus", "fish", "random-control", "muon", "nexus-muon")
 SCHEDULES = ("cosine", "wsd", "constant")
-SAMPLINGS = ("homogeneous", "mixed")
+SAMPLINGS = MODES  # data/sampler.py: homogeneous | mixed | mixed-paired
 DEVICES = ("auto", "cpu", "cuda")
 INNER_SYNCS = tuple(m for m in INNER_SYNC_MODES if m != "none")  # optim's modes less "none"
 
@@ -73,7 +74,7 @@ class TrainConfig:
     seed: int = 0
     steps: int = 100  # outer steps; tokens = steps * inner_steps * micro_batch_size * seq_len
     micro_batch_size: int = 8
-    sampling: str = "homogeneous"  # homogeneous (one source per micro-batch) | mixed
+    sampling: str = "homogeneous"  # homogeneous (one source per micro-batch) | mixed | mixed-paired
     shuffle_sources: bool = True  # homogeneous: each outer step visits sources in random order
     eval_every: int = 25  # outer steps (0 = only at the end)
     eval_tokens: int = 16384  # tokens per source per evaluation
