@@ -12,9 +12,8 @@ from nexus_optim.experiments.runs import eval_records
 from nexus_optim.experiments.study import SUMMARY_FILES, RunSpec, Study
 from nexus_optim.report.dose import dose_report
 from nexus_optim.runtime import write_json
-from nexus_optim.train.config import SAMPLINGS
 
-PAIRED_MIXED = "mixed-paired"  # the truly paired mixed-micro-batch sampling the dose design declares
+PAIRED_MIXED = "mixed-paired"  # the truly paired mixed-micro-batch sampling (data/sampler.py)
 
 
 def _mean(xs: list) -> float | None:
@@ -65,7 +64,7 @@ class DoseStudy(Study):
                 sets.append(f"optim.outer_grad={reading}")
             tag += f"_r{r:g}" + (f"_{reading[:4]}" if base == "nexus" else "") + f"_{schedule}"
         if arm.endswith("-paired-mixed"):
-            sets.append("train.sampling=mixed-paired")
+            sets.append(f"train.sampling={PAIRED_MIXED}")
         phase = f"{size}-{'adamw' if arm == 'adamw' else 'nexus' if arm == 'nexus' else 'controls'}"
         return RunSpec(f"{phase}/{arm}{tag}_s{seed}", phase, arm, seed, tuple(setting.items()),
                        (*sets, f"train.seed={seed}"))
@@ -192,10 +191,6 @@ class DoseStudy(Study):
         at = (max(win["windows"], key=lambda x: x["gain"]) if win["windows"]
               else min(engaged, key=lambda x: x["cost"]) if engaged else None)
         if at is not None:
-            if PAIRED_MIXED in SAMPLINGS:
-                specs += [self.spec(size, "nexus-paired-mixed", s, lr, at["r"], at["reading"], at["schedule"])
-                          for s in d.seeds] + [self.spec(size, "adamw-paired-mixed", s, lr) for s in d.seeds]
-            else:
-                print(f"[study] the paired mixed-micro-batch control is declared but not run: "
-                      f"train.sampling={PAIRED_MIXED!r} is not implemented yet (data/sampler.py)", flush=True)
+            specs += [self.spec(size, "nexus-paired-mixed", s, lr, at["r"], at["reading"], at["schedule"])
+                      for s in d.seeds] + [self.spec(size, "adamw-paired-mixed", s, lr) for s in d.seeds]
         return specs
