@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -292,29 +291,27 @@ def test_interrupted_tokenization_resumes_after_the_finished_shards(corpus, whol
 def test_killed_preparation_resumes(corpus, whole, tmp_path):
     """A real SIGKILL in the middle of tokenizing: the finished shards are verified and kept."""
     cfg = _cfg(corpus, tmp_path / "c", tokenizer=whole.tokenizer_path)
+    # The child kills itself with a real SIGKILL right after it records the 2nd finished shard
+    # of a/train: a fixed point mid-preparation, whatever the machine's speed (a parent that
+    # polls and kills from outside raced a fast machine: the preparation could finish first).
     script = textwrap.dedent("""
-        import json, sys
-        from nexus_optim.data import DataConfig, prepare_data
+        import json, os, signal, sys
+        from nexus_optim.data import DataConfig, prepare_data, tokenize_stage
+        write = tokenize_stage._write_json
+        def write_then_die(path, obj, *args, **kwargs):
+            write(path, obj, *args, **kwargs)
+            if (path.name == "train.progress.json" and path.parent.name.startswith("a-")
+                    and len(obj["shards"]) >= 2):
+                os.kill(os.getpid(), signal.SIGKILL)
+        tokenize_stage._write_json = write_then_die
         cfg = DataConfig.from_dict(json.loads(sys.argv[1]))
         prepare_data(cfg, progress=False, workers=1, shard_tokens=1500)
     """)
     env = dict(os.environ, RAYON_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-c", script, json.dumps(cfg.to_dict())], env=env)
-    deadline = time.time() + 120
-    progress = None
-    while time.time() < deadline and proc.poll() is None:
-        found = list((tmp_path / "c").glob("shards/*/a-*/train.progress.json"))
-        if found:
-            try:
-                if len(json.loads(found[0].read_text())["shards"]) >= 2:
-                    progress = found[0]
-                    break
-            except (OSError, ValueError):
-                pass
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert progress is not None, "the preparation finished (or failed) before it could be killed"
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(cfg.to_dict())], env=env, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, f"the preparation was not killed (rc {proc.returncode})"
+    (progress,) = (tmp_path / "c").glob("shards/*/a-*/train.progress.json")
+    assert len(json.loads(progress.read_text())["shards"]) == 2
     sdir = progress.parent
     done = json.loads(progress.read_text())["shards"]
     stamps = {e["file"]: (sdir / e["file"]).stat().st_mtime_ns for e in done}
