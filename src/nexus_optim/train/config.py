@@ -26,6 +26,7 @@ from nexus_optim.data.config import DataConfig
 from nexus_optim.data.sampler import MODES
 from nexus_optim.train.yaml_limits import parse_yaml, read_yaml  # noqa: F401  (callers import them from here too)
 from nexus_optim.optim.distributed import INNER_SYNC_MODES
+from nexus_optim.train.parallel import PARALLEL
 
 OPTIMIZERS = ("adamw", "nexus", "fish", "random-control", "muon", "nexus-muon")
 SCHEDULES = ("cosine", "wsd", "constant")
@@ -40,6 +41,7 @@ class ModelConfig:
     seq_len: int = 128
     overrides: dict = field(default_factory=dict)  # LlamaConfig fields, e.g. {num_hidden_layers: 2}
     compile: bool = False  # torch.compile the model
+    activation_checkpointing: bool = False  # recompute each decoder layer in backward (train/parallel.py)
     init_seed: int | None = None  # None: use train.seed
 
 
@@ -84,8 +86,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 5
     device: str = "auto"  # auto | cpu | cuda
-    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU); fsdp: MixedPrecisionPolicy, any device
     inner_sync: str = "sync"  # torchrun: sync (all-reduce every micro-batch) | local
+    parallel: str = "ddp"  # torchrun: ddp (replicated) | fsdp (FSDP2, sharded; inner_sync sync)
     progress: bool = True
     export_hf: bool = True  # save_pretrained + tokenizer to out_dir/hf at the end
     threads: int | None = None  # torch.set_num_threads on CPU
@@ -283,6 +286,14 @@ def validate(cfg: Config) -> None:
     _choice("train.sampling", t.sampling, SAMPLINGS)
     _choice("train.device", t.device, DEVICES)
     _choice("train.inner_sync", t.inner_sync, INNER_SYNCS)
+    _choice("train.parallel", t.parallel, PARALLEL)
+    if t.parallel == "fsdp" and t.inner_sync == "local":
+        raise ValueError("train.inner_sync: 'local' needs replicated parameters, and "
+                         "train.parallel=fsdp shards them; use inner_sync=sync or parallel=ddp")
+    if t.parallel == "fsdp" and t.grad_sim_batches:
+        raise ValueError("train.grad_sim_batches: not measured during a train.parallel=fsdp run "
+                         "(sharded parameters); set it to 0 and run `nexus geometry grad-sim` on a "
+                         "checkpoint, or use parallel=ddp")
 
 
 def from_dict(d: dict | None) -> Config:

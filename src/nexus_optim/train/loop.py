@@ -12,13 +12,13 @@ K * micro_batch_size * seq_len (per rank). Evaluation and checkpoints happen at 
 steps, where the model holds the outer weights.
 
 Under torchrun (WORLD_SIZE > 1; ``train/distributed.py``, docs/distributed.md): one
-process group (NCCL on CUDA, gloo on CPU), the model wrapped in DDP, each rank drawing
-its own micro-batches (seed stream per rank), every forward/backward inside
-``optim.distributed.backward_context``: AdamW "accumulate" (DDP ``no_sync`` except the
-K-th), Nexus ``train.inner_sync`` "sync" (DDP reduces every backward) or "local"
-(``no_sync`` always; Nexus averages G). Rank 0 alone evaluates, logs, checkpoints and
-exports (the others wait in a barrier); tokens count all ranks; the checkpoint holds
-every rank's sampler and RNG state.
+process group (NCCL on CUDA, gloo on CPU), the model in DDP or FSDP2 (``train.parallel``;
+``train/parallel.py``, also for bf16, activation checkpointing and compile), each rank
+drawing its own micro-batches, every forward/backward inside ``backward_context``: AdamW
+"accumulate" (no gradient sync except the K-th), Nexus ``train.inner_sync`` "sync" (every
+backward reduces) or "local" (DDP ``no_sync`` always; Nexus averages G). Rank 0 alone
+logs, checkpoints and exports (FSDP2: all ranks gather with it, and all evaluate); tokens
+count all ranks; the checkpoint holds every rank's sampler and RNG state.
 
 The run directory (``train/rundir.py``, docs/reliability.md): rank 0 locks it for the
 run's lifetime and decides how the run starts (new / overwrite / resume /
@@ -46,14 +46,15 @@ from nexus_optim.data.prepare import prepare_data
 from nexus_optim.eval.losses import evaluate_sources
 from nexus_optim.models.export import export_hf
 from nexus_optim.models.presets import build_model, count_params
-from nexus_optim.optim.distributed import backward_context, ddp_kwargs
+from nexus_optim.optim.distributed import backward_context
 from nexus_optim.runtime import autocast_for, is_disk_full, one_line, pick_device, write_text
 from nexus_optim.train.checkpoint import (CheckpointError, load_checkpoint, rng_state,
                                           save_checkpoint, set_rng_state)
 from nexus_optim.train.config import Config, save_config, validate
-from nexus_optim.train.distributed import replica_mismatches, setup_distributed
+from nexus_optim.train.distributed import setup_distributed
 from nexus_optim.train.logging import MetricsLogger
 from nexus_optim.train.optimizers import build_optimizer, gamma_record, step_protocol
+from nexus_optim.train.parallel import place_model
 from nexus_optim.train.run_info import run_meta
 from nexus_optim.train.run_data import build_sampler, check_resume_data, recorded_prepared
 from nexus_optim.train.rundir import open_run_dir, record_created, record_progress, start_mode
@@ -121,6 +122,16 @@ class Trainer:
                                  max_seq_len=cfg.model.seq_len, seed=init_seed,
                                  **cfg.model.overrides).to(self.device)
         self.n_params = count_params(self.model)
+        saved = None
+        if resume_from is not None:  # the weights into the plain module, before any wrapping
+            saved = load_checkpoint(resume_from, self.model, verify=False)
+        # activation checkpointing, DDP or FSDP2 (sharded in place), torch.compile
+        self.placement = place_model(self.model, self.device, world, self.sync_mode,
+                                     t.parallel, t.bf16, cfg.model.activation_checkpointing,
+                                     cfg.model.compile)
+        self.ddp, self.forward = self.placement.ddp, self.placement.forward
+        # bf16: FSDP2's MixedPrecisionPolicy when sharded, else autocast (CUDA)
+        self.autocast_bf16 = t.bf16 and not self.placement.sharded
         self.optimizer = build_optimizer(cfg.optim, self.model, seed=t.seed,
                                          inner_sync=inner_sync)
         self.scheduler = build_scheduler(self.optimizer, t.steps, cfg.schedule.kind,
@@ -129,17 +140,8 @@ class Trainer:
         self.sampler = build_sampler(cfg, self.prepared, rank, world)
         self.step, self.tokens = 0, 0
         self._saved_step = None  # the last step checkpointed (a stop saves unless it is this one)
-        if resume_from is not None:  # every rank, into the plain module, before DDP
-            self._restore(resume_from)
-        self.ddp = None  # the DDP wrapper (WORLD_SIZE > 1); self.model stays the plain module
-        if world > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            self.ddp = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                **ddp_kwargs(self.sync_mode))
-        net = self.ddp if self.ddp is not None else self.model
-        self.forward = torch.compile(net) if cfg.model.compile else net
+        if saved is not None:
+            self._restore(resume_from, *saved)
         if main:
             record_created(self.out, "metrics.jsonl", "tb")
         self.logger = MetricsLogger(self.out, enabled=main,
@@ -151,7 +153,8 @@ class Trainer:
             record_created(self.out, "config.yaml", "prepared.json", "meta.yaml")
             save_config(cfg, self.out / "config.yaml")
             write_text(self.out / "prepared.json", self.prepared_json)
-            extra = {"world_size": world, "inner_sync": self.sync_mode} if world > 1 else {}
+            extra = ({"world_size": world, "inner_sync": self.sync_mode, "parallel": t.parallel}
+                     if world > 1 else {})
             self.meta = run_meta(t.seed, {"n_params": self.n_params, "device": str(self.device),
                                           "resumed_from": str(resume_from) if resume_from else None,
                                           "tokens_per_step": self.tokens_per_step(),
@@ -166,13 +169,13 @@ class Trainer:
     # --------------------------------------------------------------------------- steps
     def _micro_batch_loss(self, _i: int = 0) -> torch.Tensor:
         ids = self.sampler.next().input_ids.to(self.device, non_blocking=True)
-        with autocast_for(self.device, self.cfg.train.bf16):
-            return self.forward(input_ids=ids, labels=ids).loss
+        with autocast_for(self.device, self.autocast_bf16):  # no KV cache: one forward
+            return self.forward(input_ids=ids, labels=ids, use_cache=False).loss
 
     def train_step(self) -> dict:
         """One outer step (``train/step.py``); returns the mean micro-batch loss."""
         K = self.cfg.optim.inner_steps
-        net = self.ddp if self.ddp is not None else self.model
+        net = self.placement.net
         # DDP decides in forward whether this backward reduces: both go in the context
         losses = outer_step(
             self.optimizer, self.protocol, K, self._micro_batch_loss,
@@ -190,7 +193,8 @@ class Trainer:
         t = self.cfg.train
         with at_outer_weights(self.optimizer):
             out = evaluate_sources(self.model, self.prepared, self.cfg.model.seq_len,
-                                   t.eval_batch_size, t.eval_tokens, self.device, t.bf16)
+                                   t.eval_batch_size, t.eval_tokens, self.device,
+                                   self.autocast_bf16)
             if t.grad_sim_batches > 0:  # geom/cos/<a>/<b>, geom/grad_sim (eval/gradsim.py)
                 from nexus_optim.eval.gradsim import grad_sim_metrics
                 out.update(grad_sim_metrics(self.model, self.prepared, self.cfg))
@@ -203,16 +207,18 @@ class Trainer:
         (``trainer.pt["ranks"]``). Call on every rank; returns the path on rank 0."""
         mine = {"rng": rng_state(), "sampler": self.sampler.state_dict()}
         ranks = self.dist.all_gather_object(mine)
+        # FSDP2: every rank gathers the shards with rank 0 (train/parallel.py)
+        weights = self.placement.full_weights()
+        optimizer = self.placement.full_optimizer_state(self.optimizer.state_dict())
         path = None
         if self.dist.is_main:
             trainer_state = {"step": self.step, "tokens": self.tokens, **mine,
                              "world_size": self.dist.world}
             if self.dist.enabled:
                 trainer_state["ranks"] = ranks
-            opt_state = {"optimizer": self.optimizer.state_dict(),
-                         "scheduler": self.scheduler.state_dict()}
+            opt_state = {"optimizer": optimizer, "scheduler": self.scheduler.state_dict()}
             record_created(self.out, "checkpoints")
-            path = save_checkpoint(self.out / "checkpoints", self.step, self.model, opt_state,
+            path = save_checkpoint(self.out / "checkpoints", self.step, weights, opt_state,
                                    trainer_state,
                                    yaml.safe_dump(self.cfg.to_dict(), sort_keys=False),
                                    {**self.meta, "step": self.step, "tokens": self.tokens},
@@ -223,9 +229,9 @@ class Trainer:
         self.dist.barrier()
         return path
 
-    def _restore(self, path: Path) -> None:
-        # rank 0 verified its checksums in open_run_dir; weights_only loading either way
-        opt_state, trainer_state = load_checkpoint(path, self.model, verify=False)
+    def _restore(self, path: Path, opt_state: dict, trainer_state: dict) -> None:
+        """The rest of a checkpoint whose weights ``_setup`` loaded (rank 0 verified its
+        checksums in open_run_dir; weights_only loading either way)."""
         saved_world = trainer_state.get("world_size", 1)
         if saved_world != self.dist.world:
             raise ValueError(
@@ -234,7 +240,8 @@ class Trainer:
                 "(torchrun --nnodes x --nproc_per_node)")
         where = path / "optimizer.pt"
         try:
-            self.optimizer.load_state_dict(opt_state["optimizer"])
+            self.optimizer.load_state_dict(
+                self.placement.shard_optimizer_state(opt_state["optimizer"], self.optimizer))
             self.scheduler.load_state_dict(opt_state["scheduler"])
             where = path / "trainer.pt"
             mine = trainer_state["ranks"][self.dist.rank] if self.dist.enabled else trainer_state
@@ -247,12 +254,22 @@ class Trainer:
             raise CheckpointError(f"--resume: {str(where)!r} does not fit this run "
                                   f"({type(e).__name__}: {msg})") from None
 
-    def export_hf(self, out_dir: str | Path | None = None) -> Path:
+    def export_hf(self, out_dir: str | Path | None = None) -> Path | None:
         """``save_pretrained`` + tokenizer (EOS-prefixing, as in training), loadable with
-        ``AutoModelForCausalLM`` / ``AutoTokenizer`` and ``lm_eval --model hf``."""
+        ``AutoModelForCausalLM`` / ``AutoTokenizer`` and ``lm_eval --model hf``. Call on
+        every rank (FSDP2 gathers the weights); rank 0 writes and returns the path."""
+        weights = self.placement.full_weights()
+        if not self.dist.is_main:
+            return None
+        model = self.model
+        if self.placement.sharded:  # a plain model on rank 0's CPU, from the gathered weights
+            m = self.cfg.model
+            model = build_model(m.preset, vocab_size=len(self.tokenizer),
+                                max_seq_len=m.seq_len, **m.overrides)
+            model.load_state_dict(weights.state_dict())
         if out_dir is None:
             record_created(self.out, "hf")
-        return export_hf(self.model, self.tokenizer, out_dir or self.out / "hf",
+        return export_hf(model, self.tokenizer, out_dir or self.out / "hf",
                          max_length=self.cfg.model.seq_len,
                          meta={**self.meta, "step": self.step, "tokens": self.tokens})
 
@@ -315,8 +332,7 @@ class Trainer:
         bar.close()
         self.logger.close()
         if t.export_hf and self.step == t.steps:
-            if self.dist.is_main:
-                self.export_hf()
+            self.export_hf()
             self.dist.barrier()
         if self.dist.is_main and self.step == t.steps:
             record_progress(self.out, finished=True)
@@ -336,7 +352,9 @@ class Trainer:
                             tok_s=f"{metrics['tokens_per_s']:.0f}")
             self._window = [time.perf_counter(), 0]
         if (t.eval_every and self.step % t.eval_every == 0) or done:
-            if self.dist.is_main:  # on the plain module: no DDP hook fires, no collective
+            # DDP: rank 0 on the plain module (no hook fires); FSDP2: every rank (the
+            # forward all-gathers), the same numbers everywhere, rank 0 logs them
+            if self.dist.is_main or self.placement.sharded:
                 self._last_eval = self.evaluate()
                 self.logger.log(self.step, {**self._last_eval, "tokens": self.tokens})
             self.dist.barrier()
@@ -349,8 +367,10 @@ class Trainer:
 
     def _check_replicas(self) -> None:
         """Log ``dist/replica_mismatches``: parameter tensors whose bits differ from
-        another rank's (0 expected at outer steps, in every mode); warn if any."""
-        bad = replica_mismatches(list(self.model.parameters()))
+        another rank's (0 expected at outer steps, in every mode; not under FSDP2); warn."""
+        bad = self.placement.replica_mismatches()
+        if bad is None:
+            return
         self.logger.log(self.step, {"dist/replica_mismatches": bad})
         if bad and self.dist.is_main:
             warnings.warn(f"step {self.step}: {bad} parameter tensor(s) differ between ranks; "
