@@ -100,11 +100,18 @@ def stale_shards(directory: str | os.PathLike, split: str, keep: int) -> list[Pa
     return sorted(out)
 
 
+def batch_encode(backend, docs: list[str]) -> list:
+    """The tokenizers batch API on ``docs`` (multithreaded in Rust, the GIL released), without
+    special tokens: ``encode_batch_fast`` (the same ids, no character offsets: ~20% faster)
+    where this tokenizers has it, else ``encode_batch``."""
+    encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
+    return encode(docs, add_special_tokens=False)
+
+
 def encode_docs(backend, docs: list[str], eos_id: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     """Token ids of ``docs`` (the tokenizers batch API, multithreaded in Rust), EOS after each,
     as ``dtype``; and each document's end offset (EOS included) in that array."""
-    encs = backend.encode_batch(docs, add_special_tokens=False)
-    ids = [e.ids for e in encs]
+    ids = [e.ids for e in batch_encode(backend, docs)]
     ends = np.cumsum([len(x) + 1 for x in ids], dtype=np.int64)
     arr = np.empty(int(ends[-1]) if len(ends) else 0, dtype=np.int64)
     pos = 0
