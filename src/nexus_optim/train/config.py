@@ -90,6 +90,7 @@ class TrainConfig:
     inner_sync: str = "sync"  # torchrun: sync (all-reduce every micro-batch) | local
     parallel: str = "ddp"  # torchrun: ddp (replicated) | fsdp (FSDP2, sharded; inner_sync sync)
     progress: bool = True
+    prefetch: int = 0  # micro-batches drawn ahead in a thread (data/prefetch.py); 0: none
     export_hf: bool = True  # save_pretrained + tokenizer to out_dir/hf at the end
     threads: int | None = None  # torch.set_num_threads on CPU
 
@@ -275,6 +276,7 @@ def validate(cfg: Config) -> None:
     for key in ("steps", "micro_batch_size", "eval_tokens", "eval_batch_size", "log_every",
                 "keep_checkpoints"):
         _positive(f"train.{key}", getattr(t, key))
+    _bounded("train.prefetch", t.prefetch, 0, 64)
     for key in ("eval_every", "ckpt_every", "grad_sim_batches"):
         _positive(f"train.{key}", getattr(t, key), zero_ok=True)
     _bounded("train.seed", t.seed, 0, MAX_SEED)

@@ -125,11 +125,9 @@ class Trainer:
         saved = None
         if resume_from is not None:  # the weights into the plain module, before any wrapping
             saved = load_checkpoint(resume_from, self.model, verify=False)
-        # activation checkpointing, DDP or FSDP2 (sharded in place), torch.compile
-        self.placement = place_model(self.model, self.device, world, self.sync_mode,
+        self.placement = place_model(self.model, self.device, world, self.sync_mode,  # AC, DDP
                                      t.parallel, t.bf16, cfg.model.activation_checkpointing,
-                                     cfg.model.compile)
-        self.ddp, self.forward = self.placement.ddp, self.placement.forward
+                                     cfg.model.compile)  # or FSDP2 (in place), compile
         # bf16: FSDP2's MixedPrecisionPolicy when sharded, else autocast (CUDA)
         self.autocast_bf16 = t.bf16 and not self.placement.sharded
         self.optimizer = build_optimizer(cfg.optim, self.model, seed=t.seed,
@@ -137,7 +135,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, t.steps, cfg.schedule.kind,
                                          cfg.schedule.warmup_steps, cfg.schedule.min_lr_ratio,
                                          cfg.schedule.decay_fraction)
-        self.sampler = build_sampler(cfg, self.prepared, rank, world)
+        self.sampler = build_sampler(cfg, self.prepared, rank, world, self.device.type == "cuda")
         self.step, self.tokens = 0, 0
         self._saved_step = None  # the last step checkpointed (a stop saves unless it is this one)
         if saved is not None:
@@ -170,7 +168,7 @@ class Trainer:
     def _micro_batch_loss(self, _i: int = 0) -> torch.Tensor:
         ids = self.sampler.next().input_ids.to(self.device, non_blocking=True)
         with autocast_for(self.device, self.autocast_bf16):  # no KV cache: one forward
-            return self.forward(input_ids=ids, labels=ids, use_cache=False).loss
+            return self.placement.forward(input_ids=ids, labels=ids, use_cache=False).loss
 
     def train_step(self) -> dict:
         """One outer step (``train/step.py``); returns the mean micro-batch loss."""
@@ -377,8 +375,10 @@ class Trainer:
                           "the checkpoint holds rank 0's copy", RuntimeWarning, stacklevel=2)
 
     def close(self) -> None:
-        """Release the run lock; destroy the process group if this trainer created it."""
+        """Release the run lock, stop a prefetch thread; destroy the process group if this
+        trainer created it."""
         self.release()
+        getattr(getattr(self, "sampler", None), "close", lambda: None)()
         self.dist.close()
 
 

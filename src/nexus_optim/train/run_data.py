@@ -9,20 +9,26 @@ import json
 import os
 from pathlib import Path
 
+from nexus_optim.data.prefetch import Prefetcher
 from nexus_optim.data.sampler import MixtureSampler
 from nexus_optim.train.checkpoint import CheckpointError
 from nexus_optim.train.config import Config
 
 
-def build_sampler(cfg: Config, prepared, rank: int = 0, world: int = 1) -> MixtureSampler:
+def build_sampler(cfg: Config, prepared, rank: int = 0, world: int = 1,
+                  pin: bool = False) -> MixtureSampler | Prefetcher:
     """The training mixture: every rank follows the same source schedule (seed) and draws
-    its own windows (rank); ``world`` is unused (kept for callers)."""
+    its own windows (rank); ``world`` is unused (kept for callers). With ``train.prefetch``
+    > 0, wrapped in a `Prefetcher` (a thread drawing that many micro-batches ahead; ``pin``:
+    into pinned memory, for CUDA)."""
     train = {s: prepared.load(s, "train") for s, r in prepared.roles.items()
              if r == "train" and prepared.weights[s] > 0}
-    return MixtureSampler(train, {s: prepared.weights[s] for s in train}, cfg.model.seq_len,
-                          cfg.train.micro_batch_size, mode=cfg.train.sampling,
-                          group_size=cfg.optim.inner_steps,
-                          shuffle_sources=cfg.train.shuffle_sources, seed=cfg.train.seed, rank=rank)
+    sampler = MixtureSampler(train, {s: prepared.weights[s] for s in train}, cfg.model.seq_len,
+                             cfg.train.micro_batch_size, mode=cfg.train.sampling,
+                             group_size=cfg.optim.inner_steps,
+                             shuffle_sources=cfg.train.shuffle_sources, seed=cfg.train.seed,
+                             rank=rank)
+    return Prefetcher(sampler, cfg.train.prefetch, pin=pin) if cfg.train.prefetch else sampler
 
 
 def recorded_prepared(prepared) -> str:
