@@ -8,13 +8,13 @@
 # metrics.jsonl (tokens_per_s per log step), gpu_mem.csv (nvidia-smi every 0.5 s),
 # scale.md (the rows for docs/performance.md).
 #   OUT=$OUT bash benchmarks/gpu_scale.sh         # on the lent machine, from the repo root
-# CPU dry run of the plumbing (minutes): DEVICE=cpu PRESET=nano SIZE_MB=5 STEPS=3 SEQ=128 MB=2 \
+# CPU dry run of the plumbing (~3 min): DEVICE=cpu NPROC=2 COMPILE=false PRESET=nano SIZE_MB=5 STEPS=3 SEQ=128 MB=2 \
 #   VOCAB=2048 OUT=/tmp/gs bash benchmarks/gpu_scale.sh
 set -euo pipefail
 OUT="${OUT:-runs/gpu_scale}"; mkdir -p "$OUT"
 WORK="${WORK:-/tmp/nexus_gpu_scale}"
 PRESET="${PRESET:-130m}"; SIZE_MB="${SIZE_MB:-300}"; STEPS="${STEPS:-300}"; SEQ="${SEQ:-2048}"
-MB="${MB:-16}"; VOCAB="${VOCAB:-50304}"; DEVICE="${DEVICE:-cuda}"; NPROC="${NPROC:-1}"
+MB="${MB:-16}"; VOCAB="${VOCAB:-50304}"; DEVICE="${DEVICE:-cuda}"; NPROC="${NPROC:-1}"; COMPILE="${COMPILE:-true}"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 PY="${PY:-python3}"
 TOK_ARGS=(); [ -n "${TOKENIZER:-}" ] && TOK_ARGS=(--tokenizer "$TOKENIZER")
@@ -36,7 +36,7 @@ PAR=ddp; [ "$NPROC" -ge 2 ] && PAR=fsdp
   nvidia-smi --query-gpu=timestamp,memory.used --format=csv -lms 500 > "$OUT/gpu_mem.csv" & MON=$!; }
 timeout 420 $PY -m torch.distributed.run --standalone --nproc_per_node "$NPROC" -m nexus_optim.cli train \
   --config "$WORK/train.yaml" --set model.preset="$PRESET" --set model.seq_len="$SEQ" \
-  --set model.compile=true --set train.bf16=true --set train.parallel=$PAR --set train.device="$DEVICE" \
+  --set model.compile="$COMPILE" --set train.bf16=true --set train.parallel=$PAR --set train.device="$DEVICE" \
   --set optim.name=nexus --set optim.inner_steps=4 --set optim.lr=1.5e-3 --set train.micro_batch_size="$MB" \
   --set train.steps="$STEPS" --set schedule.warmup_steps=20 --set train.eval_every="$STEPS" \
   --set train.eval_tokens=262144 --set train.ckpt_every="$STEPS" --set train.log_every=10 \
@@ -44,16 +44,16 @@ timeout 420 $PY -m torch.distributed.run --standalone --nproc_per_node "$NPROC" 
   --overwrite > "$OUT/train.log" 2>&1 || { echo "train failed"; tail -40 "$OUT/train.log"; }
 [ -n "${MON:-}" ] && kill "$MON" || true
 cp "$WORK/run/metrics.jsonl" "$OUT/" 2>/dev/null || true
-$PY - "$OUT" "$PRESET" "$PAR" "$NPROC" <<'PY'
+$PY - "$OUT" "$PRESET" "$PAR" "$NPROC" "$COMPILE" <<'PY'
 import csv, json, statistics, sys
 from pathlib import Path
-out, preset, par, nproc = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+out, preset, par, nproc, comp = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] == "true"
 rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()] if (out / "metrics.jsonl").exists() else []
 tps = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][2:]  # past compile/warm-up
 mem = out / "gpu_mem.csv"
 peak = max((int(r[1].split()[0]) for r in list(csv.reader(mem.open()))[1:] if len(r) > 1), default=None) if mem.exists() else None
 gpu = (out / "gpu.txt").read_text().strip() if (out / "gpu.txt").exists() else "cpu"
-line = (f"| {gpu} | {preset} | {nproc} x {par}, bf16, compile | "
+line = (f"| {gpu} | {preset} | {nproc} x {par}, bf16{', compile' if comp else ''} | "
         f"{statistics.median(tps) if tps else float('nan'):,.0f} | {peak if peak is not None else '-'} MiB |")
 (out / "scale.md").write_text("| device | model | parallel | median tokens/s | peak GPU memory |\n"
                               "| --- | --- | --- | --- | --- |\n" + line + "\n")
