@@ -6,7 +6,8 @@ checkpointing every 2 steps; the tests compare the runs' loss curves, checkpoint
 exports (train/parallel.py, docs/distributed.md "Memory and speed switches"):
 
 * FSDP2 equals DDP up to the summation order of its collectives, for Nexus and AdamW;
-* FSDP2 resume (a new Trainer from the step-2 checkpoint) is bitwise the uninterrupted run;
+* FSDP2 resume (a new Trainer from the step-2 checkpoint) is bitwise the uninterrupted run,
+  in fp32 and with bf16 + activation checkpointing;
 * activation checkpointing changes nothing (bitwise);
 * bf16 (``MixedPrecisionPolicy``) changes the losses by bf16 rounding only, and the
   checkpointed weights and Nexus state stay fp32;
@@ -34,7 +35,8 @@ from nexus_optim.train.logging import read_metrics
 
 STEPS = 6
 LAUNCH_TIMEOUT_S = 300
-FAST = ["ddp", "fsdp", "fsdp_resume", "fsdp_ac", "fsdp_bf16", "ddp_adamw", "fsdp_adamw"]
+FAST = ["ddp", "fsdp", "fsdp_resume", "fsdp_ac", "fsdp_bf16", "fsdp_bf16_ac", "fsdp_bf16_ac_resume",
+        "ddp_adamw", "fsdp_adamw"]
 # fp32 FSDP2 vs DDP: the same sums in another order (reduce-scatter of shards vs all-reduce,
 # Nexus' gradient norm from shards). Measured after 6 steps: loss 2.4e-7 (Nexus and AdamW),
 # weights 5.7e-6 (Nexus: the normalized inner steps carry the norm's rounding) and 1.4e-7
@@ -132,8 +134,10 @@ def test_fsdp_equals_ddp_up_to_summation_order(runs, ddp, fsdp):
 
 
 @needs_gloo
-def test_fsdp_resume_is_bitwise(runs):
-    full, part = runs / "fsdp", runs / "fsdp_resume"
+@pytest.mark.parametrize("name", ["fsdp", "fsdp_bf16_ac"])
+def test_fsdp_resume_is_bitwise(runs, name):
+    """fp32, and with bf16 mixed precision and activation checkpointing both on."""
+    full, part = runs / name, runs / f"{name}_resume"
     assert yaml.safe_load((part / "meta.yaml").read_text())["resumed_from"].endswith("step_000002")
     assert _losses(part) == _losses(full)
     assert _max_diff(_weights(full), _weights(part)) == 0.0
