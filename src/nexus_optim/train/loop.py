@@ -364,8 +364,7 @@ class Trainer:
             self._window[0] = time.perf_counter()
 
     def _check_replicas(self) -> None:
-        """Log ``dist/replica_mismatches``: parameter tensors whose bits differ from
-        another rank's (0 expected at outer steps, in every mode; not under FSDP2); warn."""
+        """Log ``dist/replica_mismatches`` (tensors whose bits differ between ranks; DDP); warn."""
         bad = self.placement.replica_mismatches()
         if bad is None:
             return
@@ -375,8 +374,7 @@ class Trainer:
                           "the checkpoint holds rank 0's copy", RuntimeWarning, stacklevel=2)
 
     def close(self) -> None:
-        """Release the run lock, stop a prefetch thread; destroy the process group if this
-        trainer created it."""
+        """Release the run lock, stop a prefetch thread, destroy a group this trainer made."""
         self.release()
         getattr(getattr(self, "sampler", None), "close", lambda: None)()
         self.dist.close()
@@ -391,7 +389,9 @@ def train(cfg: Config, resume: bool | str = False, overwrite: bool = False,
     trainer = None
     try:
         trainer = Trainer(cfg, resume=resume, overwrite=overwrite, callbacks=callbacks)
-        return trainer.run()
+        result = trainer.run()
+        trainer.dist.barrier()  # all ranks reach destroy_process_group together (pytorch#75097)
+        return result
     finally:
         if trainer is not None:
             trainer.close()
