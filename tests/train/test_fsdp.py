@@ -195,6 +195,7 @@ def test_compile_changes_only_rounding(tmp_path, tiny_data):
     (["train.parallel=zero3"], "train.parallel: 'zero3' is not one of 'ddp', 'fsdp'"),
     (["train.parallel=fsdp", "train.inner_sync=local"], "train.inner_sync: 'local' needs replicated"),
     (["train.parallel=fsdp", "train.grad_sim_batches=2"], "train.grad_sim_batches: not measured"),
+    (["train.parallel=fsdp", "optim.name=nexus-muon"], "optim.name: 'nexus-muon' orthogonalizes"),
     (["model.activation_checkpointing=maybe"], "model.activation_checkpointing: expected bool"),
 ])
 def test_switch_errors_are_one_line(overrides, message):

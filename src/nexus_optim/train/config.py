@@ -288,10 +288,18 @@ def validate(cfg: Config) -> None:
     _choice("train.sampling", t.sampling, SAMPLINGS)
     _choice("train.device", t.device, DEVICES)
     _choice("train.inner_sync", t.inner_sync, INNER_SYNCS)
+    _check_parallel(t, o)
+
+
+def _check_parallel(t: TrainConfig, o: OptimConfig) -> None:
+    """``train.parallel`` and what FSDP2 (sharded parameters) cannot do."""
     _choice("train.parallel", t.parallel, PARALLEL)
     if t.parallel == "fsdp" and t.inner_sync == "local":
         raise ValueError("train.inner_sync: 'local' needs replicated parameters, and "
                          "train.parallel=fsdp shards them; use inner_sync=sync or parallel=ddp")
+    if t.parallel == "fsdp" and o.name in ("muon", "nexus-muon"):
+        raise ValueError(f"optim.name: {o.name!r} orthogonalizes whole weight matrices and "
+                         "train.parallel=fsdp shards them (not supported together); use parallel=ddp")
     if t.parallel == "fsdp" and t.grad_sim_batches:
         raise ValueError("train.grad_sim_batches: not measured during a train.parallel=fsdp run "
                          "(sharded parameters); set it to 0 and run `nexus geometry grad-sim` on a "
