@@ -4,7 +4,7 @@
     nexus train [--config C] [--set k=v ...] [--resume | --resume-or-start | --overwrite]
     nexus demo [--out runs/demo] [--steps N] [--seeds 0 1]
     nexus toy [--out DIR] [--seed S]
-    nexus study [--tier pilot|final|report] [--out runs/study] [--summaries DIR] [--workers N]
+    nexus study [--tier pilot|final|confirm|report] [--out runs/study] [--summaries DIR] [--workers N]
     nexus geometry grad-sim CKPT [--batches N]      (writes RUN/geometry.json)
     nexus geometry closeness CKPT [--steps N] [--protocol run|fixed --lr X]  (RUN/geometry.json)
     nexus compare RUN_DIR... --out DIR [--metric val/id] [--target-loss X]
@@ -240,7 +240,7 @@ def _add_demo(sub) -> None:
 
 def _add_study(sub) -> None:
     st = sub.add_parser("study", help="the pre-declared AdamW vs Nexus study (experiments/design.py)")
-    st.add_argument("--tier", default="final", choices=["pilot", "final", "report"])
+    st.add_argument("--tier", default="final", choices=["pilot", "final", "confirm", "report"])
     from nexus_optim.experiments.design import DESIGNS
 
     st.add_argument("--design", default="cpu", choices=sorted(DESIGNS),

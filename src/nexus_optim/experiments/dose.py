@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import time
 
+from nexus_optim.experiments.dose_confirm import confirm_plan, confirm_specs
 from nexus_optim.experiments.dose_design import DoseDesign, dose_row, dose_select_lr, large_settings, transfer
 from nexus_optim.experiments.runs import eval_records
 from nexus_optim.experiments.study import SUMMARY_FILES, RunSpec, Study
 from nexus_optim.report.dose import dose_report
+from nexus_optim.report.dose_confirm import confirm_analysis
 from nexus_optim.runtime import write_json
 
 PAIRED_MIXED = "mixed-paired"  # the truly paired mixed-micro-batch sampling (data/sampler.py)
@@ -70,6 +72,10 @@ class DoseStudy(Study):
                        (*sets, f"train.seed={seed}"))
 
     def _post(self, spec: RunSpec) -> None:
+        if spec.phase.endswith("-confirm"):  # full validation and the summary (CONFIRM_RULES "closeness")
+            self._final_eval(spec)
+            self._summarize(spec)
+            return
         super()._post(spec)  # full validation, closeness seed 0, the summary
         d, setting = self.design, dict(spec.setting)
         if setting["size"] == d.sizes[0].label and spec.seed == d.seeds[0] and len(d.closeness_seeds) > 1:
@@ -77,6 +83,8 @@ class DoseStudy(Study):
             self._summarize(spec)  # adds geometry_retest.json (write-once: nothing else changes)
 
     def summarized(self, spec: RunSpec, post: bool = True) -> bool:
+        if spec.phase.endswith("-confirm"):
+            return all((self.summaries / spec.name / f).exists() for f in ("run.json", "metrics.jsonl", "final_eval.json"))
         if not super().summarized(spec, post):
             return False
         d, setting = self.design, dict(spec.setting)
@@ -145,9 +153,12 @@ class DoseStudy(Study):
                 "margin": d.similarity_margin, "window_id_bpb": d.window_id_bpb}
 
     def run(self, tier: str = "final", report_out=None, report_md=None, **_ignored) -> dict:
-        if tier not in ("final", "report"):
-            raise ValueError(f"study --tier: {tier!r}: the dose design has 'final' (run and resume) and 'report'")
+        if tier not in ("final", "confirm", "report"):
+            raise ValueError(f"study --tier: {tier!r}: the dose design has 'final' (run and resume), 'confirm' "
+                             f"(the confirmatory comparison, after 'final' found a window) and 'report'")
         d = self.design
+        if tier == "confirm":
+            self.confirm()
         small, large = d.sizes[0].label, d.sizes[-1].label
         if tier == "final":
             self.declare()
@@ -172,6 +183,45 @@ class DoseStudy(Study):
             dose_report(self.summaries, report_out or self.summaries.parent, report_md)
         return {"summaries": str(self.summaries),
                 "decisions": sorted(p.name for p in self.summaries.glob("*.json"))}
+
+    def confirm(self) -> dict | None:
+        """The confirmatory comparison (``experiments/dose_confirm.py``): the first call declares
+        it in ``confirm-design.json`` (written once, from the small size's decisions) and runs
+        nothing, so the plan can be committed before any of its runs; later calls run (and
+        resume) its runs, then write ``confirm.json`` once all are summarized."""
+        d, small = self.design, self.design.sizes[0].label
+        self.declare()
+        decs = {n: self.summaries / f"{small}-{n}.json" for n in ("lr", "window")}
+        if not all(p.exists() for p in decs.values()):
+            raise ValueError(f"study --tier confirm: needs {decs['lr'].name} and {decs['window'].name} in "
+                             f"{self.summaries}: run --tier final first")
+        lr, win = (json.loads(p.read_text()) for p in decs.values())
+        path = self.summaries / "confirm-design.json"
+        if not path.exists():
+            plan = confirm_plan(d, lr, win, self._window_bpb(small, lr, win),
+                                [s["name"] for s in d.sources if s.get("role") == "ood"])
+            if plan is None:
+                print("[study] no window at the small size: no confirmatory comparison (DOSE_RULES go/no-go)")
+                return None
+            write_json(path, {**plan, "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2)
+            print(f"[study] declared {path}: commit it, then rerun the same command to start its runs", flush=True)
+            return None
+        plan = json.loads(path.read_text())
+        if not self._complete(confirm_specs(self, plan)):
+            return None
+        return self._decision("confirm.json", lambda: confirm_analysis(self.summaries, plan))
+
+    def _window_bpb(self, size: str, lr: dict, win: dict) -> dict:
+        """Full-set bits/byte per source of the AdamW(lr*) and window runs (for the planning power)."""
+        def bpb(spec):
+            fe = self.summaries / spec.name / "final_eval.json"
+            return (json.loads(fe.read_text()).get("losses") or {}).get("summary", {}) if fe.exists() else {}
+        out = {"adamw": {s: bpb(self.spec(size, "adamw", s, lr["lr"])) for s in self.design.seeds}}
+        for x in win["windows"]:
+            out[(x["r"], x["reading"], x["schedule"])] = {
+                s: bpb(self.spec(size, "nexus", s, lr["lr"], x["r"], x["reading"], x["schedule"]))
+                for s in self.design.seeds}
+        return out
 
     def _stop(self, name: str) -> dict:
         print(f"[study] stopped before {name}: rerun the same command to continue", flush=True)

@@ -180,13 +180,16 @@ class Study:
 
     def _post(self, spec: RunSpec) -> None:
         """Full validation sets and the fixed closeness protocol, then the summary."""
-        d, run_dir = self.design, self.out / spec.name
-        log = run_dir / "post.log"
+        self._final_eval(spec)
+        self._closeness(spec, self.out / spec.name / "geometry.json", self.design.closeness_seed)
+        self._summarize(spec)
+
+    def _final_eval(self, spec: RunSpec) -> None:
+        """The full validation sets at the end (``final_eval.json``; skipped when there)."""
+        run_dir = self.out / spec.name
         if not (run_dir / "final_eval.json").exists():
             _run([*self.cli, "eval", str(run_dir), "--out", str(run_dir / "final_eval.json"),
-                  "--no-progress", "--device", d.device], log, self.env)
-        self._closeness(spec, run_dir / "geometry.json", d.closeness_seed)
-        self._summarize(spec)
+                  "--no-progress", "--device", self.design.device], run_dir / "post.log", self.env)
 
     def _closeness(self, spec: RunSpec, geo: Path, seed: int) -> None:
         """The fixed closeness protocol on ``spec``'s run, into ``geo`` (skipped when there)."""

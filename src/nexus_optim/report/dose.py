@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nexus_optim.report.dose_confirm import render_confirm
 from nexus_optim.report.runs import is_num
 from nexus_optim.report.study import PRIMARY_CLOSENESS, closeness_numbers, levels_at, load_summaries
 from nexus_optim.report.tables import crossing
@@ -87,6 +88,7 @@ def render_gamma_guide(report: dict, out: Path, md_path: Path) -> str:
               "val/id crosses the same seed's AdamW(lr*) at 80% of training, nats/token):"
               + (" " + "; ".join(f"{k} {v:.4f}" for k, v in sorted(report["spread"].items()))
                  if report.get("spread") else " not yet (needs a size's lr*)."), ""]
+    lines += render_confirm(report.get("confirm_plan"), dec.get("confirm.json"), report.get("n_confirm", 0))
     lines += ["## Rules (declared in `design.json` before any run)", "",
               *[f"- **{k}**: {v}" for k, v in d["rules"].items()], ""]
     return "\n".join(lines)
@@ -140,13 +142,17 @@ def dose_report(summaries: str | Path, out: str | Path, markdown: str | Path | N
     root, out = Path(summaries), Path(out)
     design = json.loads((root / "design.json").read_text())
     labels = [s["label"] for s in design["sizes"]]
-    names = [f"{x}-lr.json" for x in labels] + [f"{x}-window.json" for x in labels] + ["transfer.json"]
+    names = [f"{x}-lr.json" for x in labels] + [f"{x}-window.json" for x in labels] + ["transfer.json", "confirm.json"]
     dec = {n: json.loads((root / n).read_text()) for n in names if (root / n).exists()}
     out.mkdir(parents=True, exist_ok=True)
     windows = {x: dec[f"{x}-window.json"] for x in labels if f"{x}-window.json" in dec}
     report = {"design": design, "decisions": dec, "n_runs": len(list(root.glob("*/*/run.json"))),
               "plot": gamma_guide_plot(windows, design, out), "retest": closeness_retest(root),
               "spread": source_spread(root, dec, labels)}
+    plan = root / "confirm-design.json"
+    if plan.exists():
+        report["confirm_plan"] = json.loads(plan.read_text())
+        report["n_confirm"] = len(list(root.glob(f"{report['confirm_plan']['phase']}/*/final_eval.json")))
     md = Path(markdown) if markdown else out / "gamma-guide.md"
     report["paths"] = {"json": str(out / "dose.json"), "markdown": str(md)}
     write_json(out / "dose.json", report, indent=1, default=str)
