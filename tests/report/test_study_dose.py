@@ -84,3 +84,20 @@ def test_the_guide_reads_closeness_test_retest_and_the_source_spread_at_matched_
     want = {"s-adamw/adamw_lr0.004_s0": 0.1, "s-adamw/adamw_lr0.002_s0": 0.3, "s-nexus/n1_s0": 0.05}
     assert set(sp) == set(want) and all(abs(sp[k] - d * 2 ** 0.5) < 1e-12 for k, d in want.items())
     assert "s-nexus/n2_s1" not in sp
+
+
+def test_the_guide_counts_passes_over_each_source_per_size(tmp_path):
+    from nexus_optim.report.dose import data_passes
+
+    d = DoseDesign().to_dict()
+    root = tmp_path / "runs"
+    run = root / "s-adamw" / "adamw_s0"
+    run.mkdir(parents=True)
+    (run / "prepared.json").write_text(json.dumps({
+        "roles": {"a": "train", "b": "train", "o": "ood"}, "weights": {"a": 1.0, "b": 3.0, "o": 1.0},
+        "train_tokens": {"a": 1000, "b": 100_000}}))
+    tokens = d["sizes"][0]["steps"] * d["inner_steps"] * d["micro_batch_size"] * d["seq_len"]
+    got = data_passes(root, d)
+    assert set(got) == {"s"}  # no summary of the large size yet
+    assert got["s"]["least"] == "b" and got["s"]["max"] == tokens * 0.25 / 1000
+    assert got["s"]["min"] == tokens * 0.75 / 100_000

@@ -36,6 +36,15 @@ def _window_table(win: dict) -> list[str]:
     return lines
 
 
+def _passes_line(passes: dict | None) -> list[str]:
+    if not passes:
+        return []
+    return ["Data reuse (passes over each training source's train split per run, from `prepared.json`; the "
+            "sources are drawn with equal weights): " + "; ".join(
+                f"size {k}: {v['min']:.2f} ({v['least']}) to {v['max']:.2f} ({v['most']})" for k, v in passes.items())
+            + ". Beyond one pass a source's windows repeat within the run.", ""]
+
+
 def render_gamma_guide(report: dict, out: Path, md_path: Path) -> str:
     """docs/results/gamma-guide.md from the dose study's decision files (``report/study.dose_report``)."""
     d, dec = report["design"], report["decisions"]
@@ -52,6 +61,7 @@ def render_gamma_guide(report: dict, out: Path, md_path: Path) -> str:
              f"Window: ID cost <= {d['window_id_bpb']:g} bits/byte and similarity gain >= {d['similarity_margin']:g} "
              f"against the same size's best AdamW. Sized to {d['cost']['total_hours']:.1f} h of one single-threaded "
              f"process (runs planned: " + ", ".join(f"{n} {ph}" for ph, n in d["cost"]["runs"].items()) + ").", ""]
+    lines += _passes_line(report.get("passes"))
     answer = dec.get("transfer.json")
     lines += ["## Answer", ""]
     if answer is None:
@@ -134,6 +144,24 @@ def source_spread(root: Path, dec: dict, labels: list[str]) -> dict[str, float]:
     return out
 
 
+def data_passes(root: Path, design: dict) -> dict[str, dict]:
+    """Per size: the fewest and most passes over a training source's train split in one run
+    (tokens per run x the source's share of the weights / its train tokens), from the
+    ``prepared.json`` of one of the size's summaries."""
+    out = {}
+    tokens = design["inner_steps"] * design["micro_batch_size"] * design["seq_len"]
+    for size in design["sizes"]:
+        prep = next(iter(sorted(root.glob(f"{size['label']}-*/*/prepared.json"))), None)
+        if prep is None:
+            continue
+        p = json.loads(prep.read_text())
+        w = {s: p["weights"][s] for s, r in p["roles"].items() if r == "train"}
+        per = {s: size["steps"] * tokens * w[s] / sum(w.values()) / p["train_tokens"][s] for s in w}
+        lo, hi = min(per, key=per.get), max(per, key=per.get)
+        out[size["label"]] = {"min": per[lo], "least": lo, "max": per[hi], "most": hi}
+    return out
+
+
 def dose_report(summaries: str | Path, out: str | Path, markdown: str | Path | None = None) -> dict:
     """The gamma guide (``study_render.render_gamma_guide``) and its figure
     (``study_plots.gamma_guide_plot``) from the dose study's design.json and decision files."""
@@ -148,7 +176,7 @@ def dose_report(summaries: str | Path, out: str | Path, markdown: str | Path | N
     windows = {x: dec[f"{x}-window.json"] for x in labels if f"{x}-window.json" in dec}
     report = {"design": design, "decisions": dec, "n_runs": len(list(root.glob("*/*/run.json"))),
               "plot": gamma_guide_plot(windows, design, out), "retest": closeness_retest(root),
-              "spread": source_spread(root, dec, labels)}
+              "spread": source_spread(root, dec, labels), "passes": data_passes(root, design)}
     plan = root / "confirm-design.json"
     if plan.exists():
         report["confirm_plan"] = json.loads(plan.read_text())
