@@ -170,3 +170,27 @@ def test_the_first_confirm_call_declares_and_runs_nothing_then_the_runs_are_read
     assert res["n_runs"] == {"adamw": 12, "nexus": 12} and not runs.exists()
     assert res["primary"]["n"] == 12 and res["secondary"]["far_ood"]["n"] == 12
     assert (summ / "confirm-design.json").read_bytes() == text  # written once
+
+
+def test_the_guide_recomputes_the_stored_analysis_and_refuses_a_changed_summary(tmp_path):
+    from nexus_optim.report.dose_confirm import render_confirm, same_analysis
+
+    plan = confirm_plan(DoseDesign(), {"lr": 0.004}, _win(), {}, OOD)
+    root = tmp_path / "summ"
+    _write_all(root, plan)
+    # seed 100's Nexus run never reaches AdamW's 80 % level: no crossing value for it
+    slow = root / "s-confirm/nexus_s100/metrics.jsonl"
+    slow.write_text("".join(json.dumps(r) + "\n" for r in _curve(-0.5, 0.13)))
+    stored = json.loads(json.dumps(confirm_analysis(root, plan)))
+    assert stored["crossing_missing"] == {"adamw": [], "nexus": [100]}
+    assert stored["secondary"]["crossing_near_ood"]["n"] == 11
+    assert same_analysis(stored, confirm_analysis(root, plan))["primary"] == stored["primary"]
+    text = "\n".join(render_confirm(plan, stored, 24, 0.02))
+    assert "nexus never reached it on seeds 100" in text and "**Primary**" in text and "passed." in text
+    fin = root / "s-confirm/nexus_s101/final_eval.json"
+    f = json.loads(fin.read_text())
+    f["losses"]["summary"]["bpb/ood_cpp"] += 0.5
+    fin.write_text(json.dumps(f))
+    with pytest.raises(ValueError, match="primary differs from the summaries'"):
+        same_analysis(stored, confirm_analysis(root, plan))
+    assert "Not finished: 3 of 24" in "\n".join(render_confirm(plan, None, 3, 0.02))

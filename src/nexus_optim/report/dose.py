@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nexus_optim.report.dose_confirm import render_confirm
+from nexus_optim.report.dose_confirm import confirm_analysis, render_confirm, same_analysis
 from nexus_optim.report.runs import is_num
 from nexus_optim.report.study import PRIMARY_CLOSENESS, closeness_numbers, levels_at, load_summaries
 from nexus_optim.report.tables import crossing
@@ -98,7 +98,8 @@ def render_gamma_guide(report: dict, out: Path, md_path: Path) -> str:
               "val/id crosses the same seed's AdamW(lr*) at 80% of training, nats/token):"
               + (" " + "; ".join(f"{k} {v:.4f}" for k, v in sorted(report["spread"].items()))
                  if report.get("spread") else " not yet (needs a size's lr*)."), ""]
-    lines += render_confirm(report.get("confirm_plan"), dec.get("confirm.json"), report.get("n_confirm", 0))
+    lines += render_confirm(report.get("confirm_plan"), report.get("confirm"), report.get("n_confirm", 0),
+                            d["window_id_bpb"])
     lines += ["## Rules (declared in `design.json` before any run)", "",
               *[f"- **{k}**: {v}" for k, v in d["rules"].items()], ""]
     return "\n".join(lines)
@@ -181,6 +182,8 @@ def dose_report(summaries: str | Path, out: str | Path, markdown: str | Path | N
     if plan.exists():
         report["confirm_plan"] = json.loads(plan.read_text())
         report["n_confirm"] = len(list(root.glob(f"{report['confirm_plan']['phase']}/*/final_eval.json")))
+        if "confirm.json" in dec:  # recomputed from the summaries; must agree with the stored decision
+            report["confirm"] = same_analysis(dec["confirm.json"], confirm_analysis(root, report["confirm_plan"]))
     md = Path(markdown) if markdown else out / "gamma-guide.md"
     report["paths"] = {"json": str(out / "dose.json"), "markdown": str(md)}
     write_json(out / "dose.json", report, indent=1, default=str)

@@ -127,8 +127,25 @@ def confirm_analysis(root: str | Path, plan: dict) -> dict:
         v["p_holm"] = adj[k]
     return {"plan": {k: plan[k] for k in ("setting", "seeds", "near_ood", "far_ood")},
             "n_runs": {arm: len(v) for arm, v in vals.items()},
+            "crossing_missing": {arm: sorted(k for k, x in v.items() if x["cross_near"] is None) for arm, v in vals.items()},
             "manipulation": manip, "manipulation_passed": passed, "primary": prim, "secondary": sec,
             "id_cost": _test(vals, "id", conf), "verdict": confirm_verdict(prim, passed, plan["alpha"])}
+
+
+def same_analysis(stored: dict, fresh: dict, rel: float = 1e-9) -> dict:
+    """``fresh`` (recomputed from the summaries) after checking that every test it shares with
+    ``stored`` (``confirm.json``, written once) has the same mean difference and p (relative
+    ``rel``: summation order may differ between machines); a mismatch means a summary changed."""
+    def tests(r):
+        out = {"manipulation": r.get("manipulation"), "primary": r.get("primary"), "id_cost": r.get("id_cost")}
+        return {**out, **(r.get("secondary") or {})}
+    old, new = tests(stored), tests(fresh)
+    for k, a in old.items():
+        b = new.get(k)
+        if a and b and any(abs(a[f] - b[f]) > max(rel * max(abs(a[f]), abs(b[f])), 1e-15) for f in ("diff", "p")):
+            raise ValueError(f"confirm.json: {k} differs from the summaries' ({a['diff']} vs {b['diff']}): "
+                             f"a confirmatory summary changed after confirm.json was written")
+    return fresh
 
 
 def confirm_verdict(prim: dict | None, passed: bool, alpha: float) -> str:
@@ -154,8 +171,9 @@ def _row(name: str, r: dict | None, holm_col: bool = True) -> str:
             f"{r['p']:.3g} | {p_holm} |")
 
 
-def render_confirm(plan: dict | None, res: dict | None, n_done: int) -> list[str]:
+def render_confirm(plan: dict | None, res: dict | None, n_done: int, window_id_bpb: float | None = None) -> list[str]:
     """The gamma guide's section on the confirmatory comparison (markdown lines)."""
+    plan = plan if plan is None else {**plan, "window_id_bpb": window_id_bpb}
     if plan is None:
         return []
     s = plan["setting"]
@@ -185,4 +203,16 @@ def render_confirm(plan: dict | None, res: dict | None, n_done: int) -> list[str
                    sec.get("crossing_near_ood")),
               _row("far-OOD, full sets", sec.get("far_ood")),
               _row("ID cost (descriptive)", res.get("id_cost"), holm_col=False), ""]
+    c, tol = res.get("id_cost"), plan.get("window_id_bpb")
+    if c and tol is not None:
+        where = "inside" if c["ci_high"] <= tol else "outside" if c["ci_low"] > tol else "not resolved against"
+        lines += [f"Descriptive: on these fresh seeds the setting's ID cost is {c['diff']:+.4f} bits/byte (95% CI "
+                  f"{c['ci_low']:+.4f} to {c['ci_high']:+.4f}), {where} the window's {tol:g} tolerance; at selection "
+                  f"(n = {plan['selected_from']['n']}) it was {plan['selected_from']['cost']:+.4f}.", ""]
+    miss = {a: v for a, v in (res.get("crossing_missing") or {}).items() if v}
+    lines += ["The crossing-based row counts the seeds where both arms reach the same seed's AdamW val/id at "
+              f"{plan['crossing_fraction']:.0%} of training; "
+              + ("; ".join(f"{a} never reached it on seeds {', '.join(map(str, v))}" for a, v in miss.items())
+                 + " (the row leaves those seeds out, so it is not a random subset)" if miss else "every run reached it")
+              + ".", ""]
     return lines
