@@ -173,7 +173,7 @@ def test_the_first_confirm_call_declares_and_runs_nothing_then_the_runs_are_read
 
 
 def test_the_guide_recomputes_the_stored_analysis_and_refuses_a_changed_summary(tmp_path):
-    from nexus_optim.report.dose_confirm import render_confirm, same_analysis
+    from nexus_optim.report.dose_confirm import confirm_answer, render_confirm, same_analysis
 
     plan = confirm_plan(DoseDesign(), {"lr": 0.004}, _win(), {}, OOD)
     root = tmp_path / "summ"
@@ -187,6 +187,7 @@ def test_the_guide_recomputes_the_stored_analysis_and_refuses_a_changed_summary(
     assert same_analysis(stored, confirm_analysis(root, plan))["primary"] == stored["primary"]
     text = "\n".join(render_confirm(plan, stored, 24, 0.02))
     assert "nexus never reached it on seeds 100" in text and "**Primary**" in text and "passed." in text
+    assert "(manipulation check passed)" in confirm_answer(stored, 0.02)[0] and confirm_answer(None, 0.02) == []
     fin = root / "s-confirm/nexus_s101/final_eval.json"
     f = json.loads(fin.read_text())
     f["losses"]["summary"]["bpb/ood_cpp"] += 0.5

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nexus_optim.report.dose_confirm import confirm_analysis, render_confirm, same_analysis
+from nexus_optim.report.dose_confirm import confirm_analysis, confirm_answer, render_confirm, same_analysis
 from nexus_optim.report.runs import is_num
 from nexus_optim.report.study import PRIMARY_CLOSENESS, closeness_numbers, levels_at, load_summaries
 from nexus_optim.report.tables import crossing
@@ -76,6 +76,7 @@ def render_gamma_guide(report: dict, out: Path, md_path: Path) -> str:
         word = "**transfers**" if answer["transfers"] else "**does not transfer**"
         lines += [f"The small size's best window r = {r:g} ({rd}, {sc}) {word} to the large size "
                   f"(large-size windows: {answer['large_windows'] or 'none'}).", ""]
+    lines += confirm_answer(report.get("confirm"), d["window_id_bpb"])
     if report.get("plot"):
         lines += [f"![{report['plot']}]({Path(rel) / report['plot']})", ""]
     for size in (small["label"], large["label"]):

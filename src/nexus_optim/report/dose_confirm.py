@@ -163,6 +163,19 @@ def confirm_verdict(prim: dict | None, passed: bool, alpha: float) -> str:
     return head + f"No near-OOD difference detected: {ci}{power}."
 
 
+def confirm_answer(res: dict | None, tol: float) -> list[str]:
+    """The confirmatory comparison in the guide's answer (markdown lines; none before it is done)."""
+    if res is None:
+        return []
+    s, m, c = res["plan"]["setting"], res["manipulation"], res.get("id_cost")
+    cost = (f" It cost {c['diff']:+.4f} bits/byte of ID loss (95% CI {c['ci_low']:+.4f} to {c['ci_high']:+.4f}; "
+            f"window tolerance {tol:g})." if c else "")
+    return [f"Confirmatory comparison of the small size's best window (r = {s['r']:g}, {s['reading']}, {s['schedule']}) against "
+            f"AdamW on {m['n']} fresh paired seeds: the gradient similarity rose by {m['diff']:+.4f} (manipulation "
+            f"check {'passed' if res['manipulation_passed'] else 'failed'}).{cost} {res['verdict']} "
+            "Details below.", ""]
+
+
 def _row(name: str, r: dict | None, holm_col: bool = True) -> str:
     if not r:
         return f"| {name} | n/a | | | | |"
