@@ -101,3 +101,15 @@ def test_the_guide_counts_passes_over_each_source_per_size(tmp_path):
     assert set(got) == {"s"}  # no summary of the large size yet
     assert got["s"]["least"] == "b" and got["s"]["max"] == tokens * 0.25 / 1000
     assert got["s"]["min"] == tokens * 0.75 / 100_000
+
+
+def test_the_guide_links_post_hoc_runs_only_when_they_exist(tmp_path):
+    root, out = tmp_path / "runs", tmp_path / "out"
+    root.mkdir()
+    (root / "design.json").write_text(json.dumps(DoseDesign().to_dict()))
+    md = tmp_path / "guide.md"
+    dose_report(root, out, md)
+    assert "posthoc.md" not in md.read_text()
+    (out / "posthoc.md").write_text("# post hoc\n")
+    dose_report(root, out, md)
+    assert "exploratory, used by no decision): [posthoc.md](out/posthoc.md)" in md.read_text()

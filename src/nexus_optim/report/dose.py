@@ -45,6 +45,13 @@ def _passes_line(passes: dict | None) -> list[str]:
             + ". Beyond one pass a source's windows repeat within the run.", ""]
 
 
+def _posthoc_line(out: Path, rel: str) -> list[str]:
+    if not (out / "posthoc.md").exists():
+        return []
+    return [f"Post hoc runs (after the results; exploratory, used by no decision): [posthoc.md]"
+            f"({Path(rel) / 'posthoc.md'}).", ""]
+
+
 def render_gamma_guide(report: dict, out: Path, md_path: Path) -> str:
     """docs/results/gamma-guide.md from the dose study's decision files (``report/study.dose_report``)."""
     d, dec = report["design"], report["decisions"]
@@ -76,7 +83,7 @@ def render_gamma_guide(report: dict, out: Path, md_path: Path) -> str:
         word = "**transfers**" if answer["transfers"] else "**does not transfer**"
         lines += [f"The small size's best window r = {r:g} ({rd}, {sc}) {word} to the large size "
                   f"(large-size windows: {answer['large_windows'] or 'none'}).", ""]
-    lines += confirm_answer(report.get("confirm"), d["window_id_bpb"])
+    lines += confirm_answer(report.get("confirm"), d["window_id_bpb"]) + _posthoc_line(out, rel)
     if report.get("plot"):
         lines += [f"![{report['plot']}]({Path(rel) / report['plot']})", ""]
     for size in (small["label"], large["label"]):
