@@ -95,11 +95,14 @@ class DoseStudy(Study):
     def readout(self, spec: RunSpec) -> dict:
         """End bpb/id (full validation) and the mean between-source gradient cosine over
         training, from the summary."""
-        dst = self.summaries / spec.name
-        fe = dst / "final_eval.json"
-        summ = (json.loads(fe.read_text()).get("losses") or {}).get("summary", {}) if fe.exists() else {}
-        sims = [r["geom/grad_sim"] for r in eval_records(dst) if isinstance(r.get("geom/grad_sim"), (int, float))]
-        return {"bpb_id": summ.get("bpb/id"), "grad_sim": _mean(sims)}
+        sims = [r["geom/grad_sim"] for r in eval_records(self.summaries / spec.name)
+                if isinstance(r.get("geom/grad_sim"), (int, float))]
+        return {"bpb_id": self.final_summary(spec).get("bpb/id"), "grad_sim": _mean(sims)}
+
+    def final_summary(self, spec: RunSpec) -> dict:
+        """The summary of the run's full validation sets (``final_eval.json``; {} before it)."""
+        fe = self.summaries / spec.name / "final_eval.json"
+        return (json.loads(fe.read_text()).get("losses") or {}).get("summary", {}) if fe.exists() else {}
 
     def _decision(self, name: str, make) -> dict | None:
         """A decision file: read back when written, else ``make()`` written once; None (and
@@ -213,9 +216,7 @@ class DoseStudy(Study):
 
     def _window_bpb(self, size: str, lr: dict, win: dict) -> dict:
         """Full-set bits/byte per source of the AdamW(lr*) and window runs (for the planning power)."""
-        def bpb(spec):
-            fe = self.summaries / spec.name / "final_eval.json"
-            return (json.loads(fe.read_text()).get("losses") or {}).get("summary", {}) if fe.exists() else {}
+        bpb = self.final_summary
         out = {"adamw": {s: bpb(self.spec(size, "adamw", s, lr["lr"])) for s in self.design.seeds}}
         for x in win["windows"]:
             out[(x["r"], x["reading"], x["schedule"])] = {
