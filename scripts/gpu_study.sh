@@ -18,7 +18,7 @@
 # reached, then carry data/). Everything goes under $OUT (default runs/gpu_out):
 # gpu.txt, setting.txt, <arm>/ run logs, summaries/<arm>/ (config.yaml, metrics.jsonl,
 # meta.yaml with the absolute gamma, final_eval.json, prepared.json), rung.md.
-# Budget: CAP seconds per run (default 420) + the final evaluation; the whole script
+# R=0.3 (READING, SCHED) overrides the setting. Budget: CAP seconds per run (default 420) + the final evaluation; the whole script
 # stays under 10 minutes. Uses the machine's own torch/transformers (PYTHONPATH=src).
 set -uo pipefail
 OUT="${OUT:-runs/gpu_out}"; mkdir -p "$OUT/summaries"
@@ -31,7 +31,9 @@ SEED="${SEED:-0}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 $PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
 
-# the Nexus setting: the dose study's best window, else R=1 following the schedule
+# the Nexus setting: R (with READING, SCHED) from the environment when given, else the dose
+# study's best window, else R=1 following the schedule
+if [ -n "${R:-}" ]; then READING="${READING:-trajectory}"; SCHED="${SCHED:-fixed}"; else
 read -r R READING SCHED < <($PY - <<'EOF'
 import json, pathlib
 p = pathlib.Path("docs/results/dose/runs/s-window.json")
@@ -43,6 +45,7 @@ else:
     print(1.0, "trajectory", "follow")
 EOF
 )
+fi
 echo "Nexus at relative gamma r=$R, $READING, schedule $SCHED (lr $LR, seed $SEED, $STEPS steps)" | tee "$OUT/setting.txt"
 FOLLOW=$([ "$SCHED" = follow ] && echo true || echo false)
 
