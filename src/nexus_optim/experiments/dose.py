@@ -13,6 +13,7 @@ from nexus_optim.experiments.runs import eval_records
 from nexus_optim.experiments.study import SUMMARY_FILES, RunSpec, Study
 from nexus_optim.report.dose import dose_report
 from nexus_optim.report.dose_confirm import confirm_analysis
+from nexus_optim.report.study import final_eval_summary
 from nexus_optim.runtime import write_json
 
 PAIRED_MIXED = "mixed-paired"  # the truly paired mixed-micro-batch sampling (data/sampler.py)
@@ -101,8 +102,7 @@ class DoseStudy(Study):
 
     def final_summary(self, spec: RunSpec) -> dict:
         """The summary of the run's full validation sets (``final_eval.json``; {} before it)."""
-        fe = self.summaries / spec.name / "final_eval.json"
-        return (json.loads(fe.read_text()).get("losses") or {}).get("summary", {}) if fe.exists() else {}
+        return final_eval_summary(self.summaries / spec.name)
 
     def _decision(self, name: str, make) -> dict | None:
         """A decision file: read back when written, else ``make()`` written once; None (and

@@ -21,7 +21,6 @@ Per seed i (both arms: same init, data windows and order, schedule), Nexus minus
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -29,16 +28,13 @@ from scipy import stats
 
 from nexus_optim.report.paired import holm, min_detectable_difference, paired_test
 from nexus_optim.report.runs import is_num
-from nexus_optim.report.study import levels_at, load_summaries, ood_bytes_per_token, to_bits_per_byte
+from nexus_optim.report.study import (final_eval_summary, levels_at, load_summaries, ood_bytes_per_token,
+                                      to_bits_per_byte)
 from nexus_optim.report.tables import crossing
 
 
 def _final_bpb(run_dir: Path) -> dict:
-    f = run_dir / "final_eval.json"
-    if not f.exists():
-        return {}
-    summ = (json.loads(f.read_text()).get("losses") or {}).get("summary") or {}
-    return {k: float(v) for k, v in summ.items() if k.startswith("bpb/") and is_num(v)}
+    return {k: float(v) for k, v in final_eval_summary(run_dir).items() if k.startswith("bpb/") and is_num(v)}
 
 
 def _mean_of(d: dict, keys: list[str]) -> float | None:
@@ -110,8 +106,8 @@ def confirm_analysis(root: str | Path, plan: dict) -> dict:
     passed = bool(manip and manip["diff"] > 0 and manip["p"] < plan["alpha"])
     prim = _test(vals, "near", conf)
     if prim:
-        sd_ok = prim["sd"] > 1e-12 and prim["n"] >= 2
-        prim["mdd_observed_post_hoc"] = min_detectable_difference(prim["sd"], prim["n"], plan["alpha"]) if sd_ok else None
+        prim["mdd_observed_post_hoc"] = (min_detectable_difference(prim["sd"], prim["n"], plan["alpha"])
+                                         if prim["sd"] > 1e-12 else None)  # _test: n >= 2
         prim["mdd_planned"] = plan.get("planning", {}).get("mdd")
     sec: dict[str, dict | None] = {"crossing_near_ood": _test(vals, "cross_near", conf),
                                    "far_ood": _test(vals, "far", conf)}
@@ -186,7 +182,6 @@ def _row(name: str, r: dict | None, holm_col: bool = True) -> str:
 
 def render_confirm(plan: dict | None, res: dict | None, n_done: int, window_id_bpb: float | None = None) -> list[str]:
     """The gamma guide's section on the confirmatory comparison (markdown lines)."""
-    plan = plan if plan is None else {**plan, "window_id_bpb": window_id_bpb}
     if plan is None:
         return []
     s = plan["setting"]
@@ -216,7 +211,7 @@ def render_confirm(plan: dict | None, res: dict | None, n_done: int, window_id_b
                    sec.get("crossing_near_ood")),
               _row("far-OOD, full sets", sec.get("far_ood")),
               _row("ID cost (descriptive)", res.get("id_cost"), holm_col=False), ""]
-    c, tol = res.get("id_cost"), plan.get("window_id_bpb")
+    c, tol = res.get("id_cost"), window_id_bpb
     if c and tol is not None:
         where = "inside" if c["ci_high"] <= tol else "outside" if c["ci_low"] > tol else "not resolved against"
         lines += [f"Descriptive: on these fresh seeds the setting's ID cost is {c['diff']:+.4f} bits/byte (95% CI "

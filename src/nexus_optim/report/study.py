@@ -46,13 +46,18 @@ PRIMARY_CLOSENESS = "cross_loss_gap"
 BPB_KEYS = ("bpb/id", "bpb/ood")  # the full-validation bits/byte kept beside every val/ loss
 
 
-def _final_losses(path: Path) -> dict:
-    f = path / "final_eval.json"
+def final_eval_summary(path: Path) -> dict:
+    """The flat summary of a run's full validation sets (``final_eval.json`` ``losses.summary``:
+    ``val/<source>``, ``bpb/<source>``, ``val/id`` ...); {} when the run has none."""
+    f = Path(path) / "final_eval.json"
     if not f.exists():
         return {}
-    losses = json.loads(f.read_text()).get("losses", {})
-    summ = losses.get("summary", losses)
-    return {k: v for k, v in summ.items() if (k.startswith("val/") or k in BPB_KEYS) and is_num(v)}
+    losses = json.loads(f.read_text()).get("losses") or {}
+    return losses.get("summary", losses)
+
+
+def _final_losses(path: Path) -> dict:
+    return {k: v for k, v in final_eval_summary(path).items() if (k.startswith("val/") or k in BPB_KEYS) and is_num(v)}
 
 
 def ood_bytes_per_token(prepared: dict | None) -> dict[str, float]:
